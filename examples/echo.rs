@@ -1,0 +1,104 @@
+//! Echo server: TCP and UDP on the same port, like the classic echo service (RFC 862).
+//!
+//! ```text
+//! cargo run --release --example echo -- --addr 127.0.0.1:7000
+//! nc 127.0.0.1 7000              # TCP: type a line, get it back
+//! nc -u 127.0.0.1 7000           # UDP: each line is a datagram, echoed to the sender
+//! RUST_LOG=debug cargo run --example echo    # see connections come and go
+//! ```
+//!
+//! Options: `--addr ADDR` (default 127.0.0.1:7000), `--unix PATH` (also listen on a Unix
+//! stream socket), `--idle-timeout SECS`, `--max-conns N`. SIGINT/SIGTERM shut it down
+//! gracefully: it stops accepting, flushes what each client is owed, and exits.
+
+use evloop::{Addr, CloseReason, Config, ConnId, Context, EventLoop, Handler, UdpId};
+use std::time::Duration;
+
+struct Echo;
+
+impl Handler for Echo {
+    fn on_open(&mut self, cx: &mut Context<'_>, conn: ConnId) {
+        if let Ok(peer) = cx.peer_addr(conn) {
+            log::debug!("{conn} open from {peer}");
+        }
+    }
+
+    fn on_data(&mut self, cx: &mut Context<'_>, conn: ConnId, data: &[u8]) {
+        cx.send(conn, data);
+    }
+
+    fn on_close(&mut self, _cx: &mut Context<'_>, conn: ConnId, reason: &CloseReason) {
+        log::debug!("{conn} closed: {reason}");
+    }
+
+    fn on_datagram(&mut self, cx: &mut Context<'_>, socket: UdpId, data: &[u8], from: &Addr) {
+        if let Err(e) = cx.send_to(socket, data, from) {
+            log::debug!("echo to {from}: {e}");
+        }
+    }
+}
+
+struct Args {
+    addr: std::net::SocketAddr,
+    unix: Option<String>,
+    idle_timeout: Option<Duration>,
+    max_conns: Option<usize>,
+}
+
+const USAGE: &str = "usage: echo [--addr ADDR] [--unix PATH] [--idle-timeout SECS] [--max-conns N]";
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        addr: "127.0.0.1:7000".parse().unwrap(),
+        unix: None,
+        idle_timeout: None,
+        max_conns: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "--help" || flag == "-h" {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
+        let value = it.next().ok_or(format!("{flag} needs a value\n{USAGE}"))?;
+        let bad = |e: &dyn std::fmt::Display| format!("{flag} {value}: {e}");
+        match flag.as_str() {
+            "--addr" => args.addr = value.parse().map_err(|e| bad(&e))?,
+            "--unix" => args.unix = Some(value),
+            "--idle-timeout" => {
+                let secs: f64 = value.parse().map_err(|e| bad(&e))?;
+                args.idle_timeout = Some(Duration::from_secs_f64(secs));
+            }
+            "--max-conns" => args.max_conns = Some(value.parse().map_err(|e| bad(&e))?),
+            _ => return Err(format!("unknown option {flag}\n{USAGE}")),
+        }
+    }
+    Ok(args)
+}
+
+fn main() -> std::io::Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let args = parse_args().unwrap_or_else(|e| {
+        eprintln!("{e}");
+        std::process::exit(2);
+    });
+    let mut config = Config::default();
+    config.idle_timeout = args.idle_timeout;
+    if let Some(n) = args.max_conns {
+        config.max_connections = n;
+        config.refusal_reply = Some(b"ERR server full\n".to_vec());
+    }
+    let mut el = EventLoop::with_config(Echo, config)?;
+    let tcp = el.listen(args.addr)?;
+    let addr = el.context().listener_addr(tcp)?;
+    let udp = el.bind_udp(addr.as_inet().expect("inet"))?;
+    log::info!("echo listening on {addr} (tcp) and {} (udp)", el.context().udp_addr(udp)?);
+    if let Some(path) = &args.unix {
+        el.listen_unix(path)?;
+        log::info!("echo listening on unix:{path}");
+    }
+    el.watch_signals(&[libc::SIGINT, libc::SIGTERM])?;
+    el.run()?;
+    log::info!("echo stopped: {:?}", el.stats());
+    Ok(())
+}

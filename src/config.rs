@@ -1,0 +1,88 @@
+//! `Config`: the loop's tunables, with the defaults a server wants.
+
+use std::time::Duration;
+
+/// Settings for one [`EventLoop`](crate::EventLoop). Start from `Config::default()` and
+/// change fields:
+///
+/// ```
+/// let mut config = evloop::Config::default();
+/// config.max_connections = 10_000;
+/// config.idle_timeout = Some(std::time::Duration::from_secs(30));
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Config {
+    /// How many readiness events one poll can return. Default 1024.
+    pub events_capacity: usize,
+    /// Size of the one read buffer the loop owns and lends to every read; also the largest
+    /// datagram handed over whole. Default 64 KiB (any UDP datagram fits).
+    pub read_buffer_size: usize,
+    /// Bytes read from one connection in one tick before the others get their turn; what is
+    /// left is read next tick. Default 256 KiB.
+    pub read_budget: usize,
+    /// Connections accepted from one listener in one tick. Default 256.
+    pub accept_budget: usize,
+    /// Datagrams received on one socket in one tick. Default 256.
+    pub datagram_budget: usize,
+    /// Datagrams a socket queues when the kernel would block; past it `send_to` fails with
+    /// `WouldBlock`. Default 1024.
+    pub datagram_queue_limit: usize,
+    /// Listen backlog. Default 1024: the usual 128 makes bursts of connects stall in SYN
+    /// retries. The kernel caps it at `net.core.somaxconn`.
+    pub backlog: i32,
+    /// TCP_NODELAY on every accepted or outbound TCP connection. Default on.
+    pub nodelay: bool,
+    /// Queued output above which a connection counts as congested: reading from it pauses
+    /// (if `pause_read_when_congested`) until the queue drains to `low_watermark`, and then
+    /// the handler's `on_drain` runs. Default 64 KiB.
+    pub high_watermark: usize,
+    /// See `high_watermark`. Default 16 KiB.
+    pub low_watermark: usize,
+    /// Stop reading from a congested connection (backpressure). Default on.
+    pub pause_read_when_congested: bool,
+    /// Hard limit on queued output: a `send` that would pass it closes the connection with
+    /// [`CloseReason::OutputLimit`](crate::CloseReason::OutputLimit). Default 64 MiB.
+    pub max_output: usize,
+    /// Open connections (accepted and outbound) at most; a connection accepted past it gets
+    /// `refusal_reply` (if any) and is closed, and counted in `Stats::refused`. Default 100,000.
+    pub max_connections: usize,
+    /// Sent (best effort, one write) to a connection refused for `max_connections`.
+    pub refusal_reply: Option<Vec<u8>>,
+    /// Close a connection after this long without traffic in either direction, with
+    /// [`CloseReason::IdleTimeout`](crate::CloseReason::IdleTimeout). Default none.
+    pub idle_timeout: Option<Duration>,
+    /// Give up on an outbound connect after this long. Default 10 s.
+    pub connect_timeout: Option<Duration>,
+    /// How long to wait before accepting again after EMFILE/ENFILE. Default 100 ms.
+    pub accept_retry: Duration,
+    /// Catch a panic in a handler callback: the connection being handled is closed with
+    /// [`CloseReason::Panicked`](crate::CloseReason::Panicked) and the loop goes on. When off,
+    /// the panic unwinds out of `run()`. Default on.
+    pub catch_panics: bool,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            events_capacity: 1024,
+            read_buffer_size: 64 * 1024,
+            read_budget: 256 * 1024,
+            accept_budget: 256,
+            datagram_budget: 256,
+            datagram_queue_limit: 1024,
+            backlog: 1024,
+            nodelay: true,
+            high_watermark: 64 * 1024,
+            low_watermark: 16 * 1024,
+            pause_read_when_congested: true,
+            max_output: 64 * 1024 * 1024,
+            max_connections: 100_000,
+            refusal_reply: None,
+            idle_timeout: None,
+            connect_timeout: Some(Duration::from_secs(10)),
+            accept_retry: Duration::from_millis(100),
+            catch_panics: true,
+        }
+    }
+}

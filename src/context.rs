@@ -1,0 +1,281 @@
+//! `Context`: what a handler acts on the loop through, inside a callback.
+
+use crate::conn::State;
+use crate::core::{Core, Kind, TimerKind};
+use crate::listener::{Listener, ListenerEntry};
+use crate::sockopt::{self, ListenOptions, UdpOptions};
+use crate::stream::Stream;
+use crate::timers::TimerId;
+use crate::udp::{Dgram, DgramSocket};
+use crate::{Addr, ConnId, ListenerId, Stats, UdpId};
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// The loop as a handler sees it: send, close, connect, listen, set timers, stop.
+///
+/// Every method that takes an id checks that the id is still live: a call with the id of a
+/// connection that has closed does nothing (and returns `false`, `None` or an error), even
+/// if a newer connection now holds its slot.
+pub struct Context<'a> {
+    pub(crate) core: &'a mut Core,
+}
+
+impl Context<'_> {
+    // ---- TCP and Unix stream connections ----
+
+    /// Buffered sendall: writes what the kernel takes now and queues the rest, in order,
+    /// to go out as the socket drains. Returns `false` if the connection is not open (closed,
+    /// closing, or its write side shut), or if the bytes would pass the output limit, in
+    /// which case the connection is closed with
+    /// [`CloseReason::OutputLimit`](crate::CloseReason::OutputLimit).
+    pub fn send(&mut self, conn: ConnId, data: &[u8]) -> bool {
+        self.core.conn_send(conn.0, data)
+    }
+
+    /// Closes gracefully: everything queued is sent, then FIN. Reading stops now.
+    /// `on_close` follows (at the end of this tick, or once the queue drains).
+    pub fn close(&mut self, conn: ConnId) {
+        self.core.conn_close(conn.0)
+    }
+
+    /// Closes now: the queue is dropped and a TCP connection is reset (RST).
+    pub fn abort(&mut self, conn: ConnId) {
+        self.core.conn_abort(conn.0)
+    }
+
+    /// Shuts our write side (FIN) once the queue drains, and keeps reading: the other half
+    /// of a half-close. Later sends return `false`.
+    pub fn shutdown_write(&mut self, conn: ConnId) {
+        self.core.conn_shutdown_write(conn.0)
+    }
+
+    /// Stops handing over data from `conn` (the kernel's buffer then fills and the peer
+    /// slows down) until [`resume_read`](Self::resume_read).
+    pub fn pause_read(&mut self, conn: ConnId) {
+        self.core.conn_set_paused(conn.0, true)
+    }
+
+    /// Resumes reading after [`pause_read`](Self::pause_read).
+    pub fn resume_read(&mut self, conn: ConnId) {
+        self.core.conn_set_paused(conn.0, false)
+    }
+
+    /// Bytes queued for `conn` and not yet taken by the kernel; `None` if it is not open.
+    pub fn queued(&mut self, conn: ConnId) -> Option<usize> {
+        self.core.conn_mut(conn.0).map(|c| c.out.len())
+    }
+
+    /// Whether `conn`'s queue is above the high watermark (and has not drained to the low
+    /// one since): a producer should wait for `on_drain`.
+    pub fn is_congested(&mut self, conn: ConnId) -> bool {
+        self.core.conn_mut(conn.0).is_some_and(|c| c.congested)
+    }
+
+    /// Whether `conn` is open (or connecting): not closed, not closing.
+    pub fn is_open(&mut self, conn: ConnId) -> bool {
+        self.core
+            .conn_mut(conn.0)
+            .is_some_and(|c| c.state != State::Closing)
+    }
+
+    /// The peer's address (getpeername).
+    pub fn peer_addr(&mut self, conn: ConnId) -> io::Result<Addr> {
+        self.conn(conn)?.stream.peer_addr()
+    }
+
+    /// Our end's address (getsockname).
+    pub fn local_addr(&mut self, conn: ConnId) -> io::Result<Addr> {
+        self.conn(conn)?.stream.local_addr()
+    }
+
+    /// The listener that accepted `conn`; `None` for an outbound connection.
+    pub fn listener_of(&mut self, conn: ConnId) -> Option<ListenerId> {
+        self.core.conn_mut(conn.0).and_then(|c| c.origin)
+    }
+
+    /// The connection's socket, for options evloop has no method for
+    /// (`socket2::SockRef` borrows it; don't close it or change its blocking mode).
+    pub fn socket(&mut self, conn: ConnId) -> io::Result<socket2::SockRef<'_>> {
+        Ok(self.conn(conn)?.stream.sock())
+    }
+
+    /// Starts a non-blocking TCP connect (the event-loop connect_ex). The connection is
+    /// handed to `on_open` once connected, or to `on_close` with
+    /// [`CloseReason::ConnectFailed`](crate::CloseReason::ConnectFailed) or
+    /// [`ConnectTimeout`](crate::CloseReason::ConnectTimeout) if it never does. Sends made
+    /// before it opens are queued.
+    pub fn connect(&mut self, addr: SocketAddr) -> io::Result<ConnId> {
+        let stream = mio::net::TcpStream::connect(addr)?;
+        self.core
+            .register_conn(Stream::Tcp(stream), State::Connecting, None)
+            .map(ConnId)
+    }
+
+    /// Connects to a Unix stream socket at `path`, as [`connect`](Self::connect) does.
+    pub fn connect_unix(&mut self, path: impl AsRef<Path>) -> io::Result<ConnId> {
+        let stream = mio::net::UnixStream::connect(path)?;
+        self.core
+            .register_conn(Stream::Unix(stream), State::Connecting, None)
+            .map(ConnId)
+    }
+
+    fn conn(&mut self, conn: ConnId) -> io::Result<&mut crate::conn::Conn> {
+        self.core
+            .conn_mut(conn.0)
+            .ok_or_else(|| io::ErrorKind::NotConnected.into())
+    }
+
+    // ---- Listeners ----
+
+    /// Listens on a TCP address (IPv4 or IPv6; port 0 picks a free port) with SO_REUSEADDR
+    /// and the configured backlog.
+    pub fn listen(&mut self, addr: SocketAddr) -> io::Result<ListenerId> {
+        self.listen_with(addr, &ListenOptions::default())
+    }
+
+    /// Listens on a TCP address with explicit options (backlog, SO_REUSEPORT, ...).
+    pub fn listen_with(&mut self, addr: SocketAddr, opts: &ListenOptions) -> io::Result<ListenerId> {
+        let l = sockopt::tcp_listener(addr, opts, &self.core.config)?;
+        self.add_listener(Listener::Tcp(l))
+    }
+
+    /// Listens on a Unix stream socket at `path`. A stale socket file left by a dead
+    /// process is replaced; a path a live server listens on is an `AddrInUse` error.
+    pub fn listen_unix(&mut self, path: impl AsRef<Path>) -> io::Result<ListenerId> {
+        let path = path.as_ref();
+        let l = crate::unix::bind_listener(path)?;
+        self.add_listener(Listener::Unix(l, path.to_path_buf()))
+    }
+
+    fn add_listener(&mut self, socket: Listener) -> io::Result<ListenerId> {
+        let entry = ListenerEntry {
+            socket,
+            backing_off: false,
+        };
+        self.core.register_entry(Kind::Listener(entry)).map(ListenerId)
+    }
+
+    /// The address a listener is bound to (after port 0, the port it got).
+    pub fn listener_addr(&mut self, listener: ListenerId) -> io::Result<Addr> {
+        match self.core.live_mut(listener.0) {
+            Some(Kind::Listener(l)) => l.socket.local_addr(),
+            _ => Err(io::ErrorKind::NotFound.into()),
+        }
+    }
+
+    /// Stops listening; connections it accepted stay open.
+    pub fn close_listener(&mut self, listener: ListenerId) {
+        if let Some(Kind::Listener(_)) = self.core.live_mut(listener.0) {
+            self.core.kill(listener.0, crate::CloseReason::Local);
+        }
+    }
+
+    // ---- Datagram sockets ----
+
+    /// Binds a UDP socket (IPv4 or IPv6, port 0 works).
+    pub fn bind_udp(&mut self, addr: SocketAddr) -> io::Result<UdpId> {
+        self.bind_udp_with(addr, &UdpOptions::default())
+    }
+
+    /// Binds a UDP socket with options (SO_BROADCAST, SO_REUSEADDR/PORT, buffer sizes).
+    pub fn bind_udp_with(&mut self, addr: SocketAddr, opts: &UdpOptions) -> io::Result<UdpId> {
+        let socket = sockopt::udp_socket(addr, opts)?;
+        self.add_dgram(DgramSocket::Udp(socket))
+    }
+
+    /// Binds a Unix datagram socket at `path` (a stale file is replaced, as for
+    /// [`listen_unix`](Self::listen_unix)); `None` makes an unbound one, which can send
+    /// but not be answered.
+    pub fn bind_unix_datagram(&mut self, path: Option<&Path>) -> io::Result<UdpId> {
+        let socket = match path {
+            Some(p) => crate::unix::bind_datagram(p)?,
+            None => mio::net::UnixDatagram::unbound()?,
+        };
+        self.add_dgram(DgramSocket::Unix(socket, path.map(Path::to_path_buf)))
+    }
+
+    fn add_dgram(&mut self, socket: DgramSocket) -> io::Result<UdpId> {
+        self.core
+            .register_entry(Kind::Dgram(Dgram::new(socket)))
+            .map(UdpId)
+    }
+
+    /// Sends a datagram (sendto). If the kernel would block it is queued, up to
+    /// [`Config::datagram_queue_limit`](crate::Config::datagram_queue_limit), and sent on
+    /// WRITABLE; past the limit this is a `WouldBlock` error. Other errors (`EMSGSIZE` for
+    /// an oversize datagram, ...) are returned once, and the datagram is dropped.
+    pub fn send_to(&mut self, socket: UdpId, data: &[u8], to: &Addr) -> io::Result<()> {
+        self.core.dgram_send_to(socket.0, data, to)
+    }
+
+    /// The address a datagram socket is bound to.
+    pub fn udp_addr(&mut self, socket: UdpId) -> io::Result<Addr> {
+        match self.core.live_mut(socket.0) {
+            Some(Kind::Dgram(d)) => d.socket.local_addr(),
+            _ => Err(io::ErrorKind::NotFound.into()),
+        }
+    }
+
+    /// The UDP socket itself, for options evloop has no method for (multicast, TTL, ...).
+    pub fn udp_socket(&mut self, socket: UdpId) -> io::Result<&mio::net::UdpSocket> {
+        match self.core.live_mut(socket.0) {
+            Some(Kind::Dgram(d)) => d.socket.udp().ok_or(io::ErrorKind::InvalidInput.into()),
+            _ => Err(io::ErrorKind::NotFound.into()),
+        }
+    }
+
+    /// Closes a datagram socket; datagrams still queued are dropped.
+    pub fn close_udp(&mut self, socket: UdpId) {
+        if let Some(Kind::Dgram(_)) = self.core.live_mut(socket.0) {
+            self.core.kill(socket.0, crate::CloseReason::Local);
+        }
+    }
+
+    // ---- Timers and the loop ----
+
+    /// Sets a one-shot timer: `on_timer` runs with the returned id after `after`.
+    pub fn set_timer(&mut self, after: Duration) -> TimerId {
+        let now = self.core.now;
+        self.core.timers.insert(now + after, None, TimerKind::User)
+    }
+
+    /// Sets a repeating timer: `on_timer` runs every `period` until cancelled.
+    pub fn set_interval(&mut self, period: Duration) -> TimerId {
+        let now = self.core.now;
+        self.core
+            .timers
+            .insert(now + period, Some(period), TimerKind::User)
+    }
+
+    /// Cancels a timer; returns whether it was still pending. Ids are never reused, so an
+    /// old id cannot cancel a newer timer.
+    pub fn cancel_timer(&mut self, timer: TimerId) -> bool {
+        // Internal timers' ids are never handed out, so this can only hit a user timer.
+        self.core.timers.cancel(timer).is_some()
+    }
+
+    /// The time this tick started (one clock read per tick).
+    pub fn now(&self) -> Instant {
+        self.core.now
+    }
+
+    /// The loop's counters.
+    pub fn stats(&self) -> &Stats {
+        &self.core.stats
+    }
+
+    /// Makes `run()` return after this tick; open connections stay as they are.
+    pub fn stop(&mut self) {
+        self.core.stopped = true;
+    }
+
+    /// Starts a graceful shutdown: stop accepting, flush every connection and close it with
+    /// FIN; peers that have not taken their bytes by `deadline` are cut off with
+    /// [`CloseReason::Shutdown`](crate::CloseReason::Shutdown). `run()` returns when no
+    /// connection is left.
+    pub fn shutdown(&mut self, deadline: Duration) {
+        self.core.begin_shutdown(deadline);
+    }
+}

@@ -1,0 +1,1137 @@
+//! Framing: cutting a byte stream into messages.
+//!
+//! TCP delivers bytes, not messages. This module turns those bytes into frames
+//! without touching sockets or clocks, so a handler can feed it whatever one
+//! read returned:
+//!
+//! * [`LineDecoder`]: lines ending in `"\n"` (an optional `"\r"` before it is
+//!   removed too), each at most `max_line` bytes long.
+//! * [`LengthDecoder`]: a 4-byte big-endian length, then that many bytes of
+//!   payload, at most `max_frame` bytes. [`encode_length_prefixed`] writes them.
+//!
+//! # Guarantees
+//!
+//! * **Split-independent.** The frames and errors depend only on the bytes fed,
+//!   never on how they were cut into `feed` calls. Feeding a stream at once,
+//!   byte by byte, or cut anywhere gives the same results in the same order,
+//!   and each is delivered as soon as the bytes fed so far decide it.
+//! * **Bounded memory.** A decoder holds at most one incomplete frame: no more
+//!   than `max_line + 1` bytes (a line's content plus a possible `"\r"`) or
+//!   `max_frame` bytes (a payload; or up to 3 bytes of a length prefix), and
+//!   its buffer never grows beyond that, whatever the peer sends.
+//! * **Errors are answerable and the stream resynchronises.** An over-long line
+//!   is reported once, as [`FrameError::LineTooLong`], as soon as it is known
+//!   to be too long; its bytes are dropped up to and including the next
+//!   `"\n"`, and decoding goes on after it. A length-prefixed frame over the
+//!   maximum is reported once, as [`FrameError::FrameTooLarge`], as soon as its
+//!   length has been read; its payload is skipped without being buffered, and
+//!   decoding goes on with the next frame. The caller decides what to do: send
+//!   an error reply, or close the connection.
+//! * **No allocation per frame in the common case.** A frame that lies whole in
+//!   one fed chunk is handed out as a `&[u8]` borrowed from that chunk. Only a
+//!   frame cut across `feed` calls is copied into the decoder's buffer, which
+//!   is reused; a buffer grown past 8 KiB is freed after its frame is
+//!   delivered, so idle connections stay small.
+//!
+//! # Callbacks and stopping early
+//!
+//! `feed` calls `on_frame` once per frame (`Ok(bytes)`) or per error (`Err`).
+//! The slice is borrowed from the fed data or from the decoder, and is only
+//! valid during the call: copy it if you need to keep it. The closure may
+//! borrow anything else mutably, such as the connection's output buffer.
+//!
+//! `on_frame` returns `()` to go on, or a [`ControlFlow`] (see [`FrameFlow`]):
+//! `ControlFlow::Break(())` stops decoding right after that frame, for example
+//! because the handler closed the connection or wants to apply backpressure.
+//! `feed` returns how many bytes of `data` it consumed; the rest was not looked
+//! at and is **not** buffered by the decoder (keeping it there would break the
+//! memory bound). To resume, feed `&data[consumed..]` later; the result is the
+//! same as if decoding had never stopped. If the callback never breaks, `feed`
+//! returns `data.len()`.
+//!
+//! # Example
+//!
+//! A line-based handler: it answers every line, answers an over-long line with
+//! an error message, and stops at `QUIT`.
+//!
+//! ```
+//! use evloop::framing::{FrameError, LineDecoder};
+//! use std::ops::ControlFlow;
+//!
+//! struct Conn {
+//!     decoder: LineDecoder,
+//!     out: Vec<u8>,
+//!     closing: bool,
+//! }
+//!
+//! impl Conn {
+//!     /// Called with whatever one read returned.
+//!     fn on_data(&mut self, data: &[u8]) {
+//!         // The closure borrows `out` and `closing` while `feed` borrows
+//!         // `decoder`: disjoint fields, so this compiles.
+//!         self.decoder.feed(data, |frame| match frame {
+//!             Ok(b"QUIT") => {
+//!                 self.out.extend_from_slice(b"BYE\n");
+//!                 self.closing = true;
+//!                 ControlFlow::Break(())
+//!             }
+//!             Ok(line) => {
+//!                 self.out.extend_from_slice(b"echo: ");
+//!                 self.out.extend_from_slice(line);
+//!                 self.out.push(b'\n');
+//!                 ControlFlow::Continue(())
+//!             }
+//!             Err(FrameError::LineTooLong { max }) => {
+//!                 self.out.extend_from_slice(format!("ERR over {max} bytes\n").as_bytes());
+//!                 ControlFlow::Continue(())
+//!             }
+//!             Err(e) => unreachable!("a line decoder reports {e}"),
+//!         });
+//!     }
+//! }
+//!
+//! let mut conn = Conn { decoder: LineDecoder::new(8), out: Vec::new(), closing: false };
+//! conn.on_data(b"hello\r\nthis line is far too long\nhi");
+//! conn.on_data(b"\nQUIT\nignored\n");
+//! assert_eq!(conn.out, b"echo: hello\nERR over 8 bytes\necho: hi\nBYE\n");
+//! assert!(conn.closing);
+//! ```
+//!
+//! Length-prefixed frames, fed in pieces:
+//!
+//! ```
+//! use evloop::framing::{encode_length_prefixed, LengthDecoder};
+//!
+//! let mut wire = Vec::new();
+//! encode_length_prefixed(b"first", &mut wire);
+//! encode_length_prefixed(b"", &mut wire);
+//! encode_length_prefixed(b"second", &mut wire);
+//!
+//! let mut decoder = LengthDecoder::new(1024);
+//! let mut frames = Vec::new();
+//! for piece in wire.chunks(3) {
+//!     decoder.feed(piece, |frame| frames.push(frame.unwrap().to_vec()));
+//! }
+//! assert_eq!(frames, [&b"first"[..], b"", b"second"]);
+//! assert_eq!(decoder.buffered(), 0);
+//! ```
+
+#![forbid(unsafe_code)]
+
+use std::error::Error;
+use std::fmt;
+use std::ops::ControlFlow;
+
+/// A reassembly buffer with more capacity than this is freed once its frame
+/// has been delivered, instead of being kept for the next one.
+const RETAIN_CAPACITY: usize = 8 * 1024;
+
+/// The smallest capacity a reassembly buffer is given (unless the maximum is
+/// smaller), so that short partial frames don't reallocate byte by byte.
+const MIN_CAPACITY: usize = 64;
+
+/// A framing error, passed to `on_frame` as `Err`. Decoding goes on after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameError {
+    /// A line (without its `"\n"` or `"\r\n"`) is longer than `max` bytes.
+    /// Its bytes up to and including the next `"\n"` are dropped.
+    LineTooLong {
+        /// The decoder's maximum line length.
+        max: usize,
+    },
+    /// A length prefix announced `len` bytes, more than `max`. The payload is
+    /// skipped without being buffered.
+    FrameTooLarge {
+        /// The announced payload length.
+        len: usize,
+        /// The decoder's maximum frame size.
+        max: usize,
+    },
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::LineTooLong { max } => write!(f, "line longer than {max} bytes"),
+            FrameError::FrameTooLarge { len, max } => {
+                write!(f, "frame of {len} bytes exceeds the maximum of {max} bytes")
+            }
+        }
+    }
+}
+
+impl Error for FrameError {}
+
+/// What an `on_frame` callback returns: `()` to go on, or a
+/// [`ControlFlow<()>`] whose `Break(())` stops decoding after this frame
+/// (see the [module docs](self#callbacks-and-stopping-early)).
+///
+/// A closure whose body only panics (`|_| unreachable!()`) returns `!`, which
+/// is not a `FrameFlow`: write `|_| -> () { unreachable!() }`, or pass a `fn`.
+pub trait FrameFlow {
+    /// Converts to a [`ControlFlow`].
+    fn into_flow(self) -> ControlFlow<()>;
+}
+
+impl FrameFlow for () {
+    fn into_flow(self) -> ControlFlow<()> {
+        ControlFlow::Continue(())
+    }
+}
+
+impl FrameFlow for ControlFlow<()> {
+    fn into_flow(self) -> ControlFlow<()> {
+        self
+    }
+}
+
+/// Appends `extra` to `buf`, growing its capacity geometrically but never
+/// beyond `limit`. The caller guarantees `buf.len() + extra.len() <= limit`.
+fn extend_bounded(buf: &mut Vec<u8>, extra: &[u8], limit: usize) {
+    let needed = buf.len() + extra.len();
+    debug_assert!(needed <= limit);
+    if needed > buf.capacity() {
+        let target = needed
+            .max(buf.capacity().saturating_mul(2))
+            .max(MIN_CAPACITY)
+            .min(limit);
+        buf.reserve_exact(target - buf.len());
+    }
+    buf.extend_from_slice(extra);
+}
+
+/// Empties `buf`, freeing it if it grew large.
+fn release(buf: &mut Vec<u8>) {
+    if buf.capacity() > RETAIN_CAPACITY {
+        *buf = Vec::new();
+    } else {
+        buf.clear();
+    }
+}
+
+/// Removes one trailing `"\r"`, if any.
+fn strip_cr(line: &[u8]) -> &[u8] {
+    match line {
+        [rest @ .., b'\r'] => rest,
+        _ => line,
+    }
+}
+
+/// Decodes lines ending in `"\n"`, at most `max_line` bytes each.
+///
+/// A line is handed out without its `"\n"` and without one `"\r"` just before
+/// it; a `"\r"` anywhere else is kept. Empty lines are frames too. A line whose
+/// content is longer than `max_line` is reported once as
+/// [`FrameError::LineTooLong`] (as soon as more than `max_line + 1` bytes of it
+/// have arrived, or at its `"\n"`), and dropped through the next `"\n"`.
+///
+/// Bytes after the last `"\n"` stay buffered, at most `max_line + 1` of them.
+/// At end of stream they are an unterminated line; [`buffered`](Self::buffered)
+/// tells whether there are any.
+#[derive(Clone, Debug)]
+pub struct LineDecoder {
+    max_line: usize,
+    /// The start of an incomplete line, at most `max_line + 1` bytes.
+    buf: Vec<u8>,
+    /// Inside an over-long line that was already reported: drop through `"\n"`.
+    discarding: bool,
+}
+
+impl LineDecoder {
+    /// Creates a decoder for lines of at most `max_line` bytes (not counting
+    /// the `"\n"` or `"\r\n"`). It allocates nothing until a line is cut across
+    /// two `feed` calls.
+    pub fn new(max_line: usize) -> Self {
+        LineDecoder {
+            max_line,
+            buf: Vec::new(),
+            discarding: false,
+        }
+    }
+
+    /// The maximum line length given to [`new`](Self::new).
+    pub fn max_line(&self) -> usize {
+        self.max_line
+    }
+
+    /// Bytes held of an incomplete line: at most `max_line + 1`. Zero while
+    /// dropping an over-long line.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Feeds bytes, calling `on_frame` with each complete line, or with
+    /// `Err(LineTooLong)` once per over-long line.
+    ///
+    /// Returns how many bytes of `data` were consumed: `data.len()` unless
+    /// `on_frame` returned `ControlFlow::Break(())`, in which case decoding
+    /// stopped right after that line, and the rest of `data` should be fed
+    /// again to resume (see the [module docs](self#callbacks-and-stopping-early)).
+    pub fn feed<F, R>(&mut self, data: &[u8], mut on_frame: F) -> usize
+    where
+        F: FnMut(Result<&[u8], FrameError>) -> R,
+        R: FrameFlow,
+    {
+        let max = self.max_line;
+        // A line's raw bytes: its content plus a possible "\r".
+        let raw_max = max.saturating_add(1);
+        let mut pos = 0;
+        while pos < data.len() {
+            let rest = &data[pos..];
+            let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
+                // No end of line in what is left: keep it, or drop it.
+                if !self.discarding {
+                    if self.buf.len() + rest.len() > raw_max {
+                        release(&mut self.buf);
+                        self.discarding = true;
+                        // All of `data` is consumed either way: the rest
+                        // belongs to the line just reported.
+                        let _ = on_frame(Err(FrameError::LineTooLong { max })).into_flow();
+                    } else {
+                        extend_bounded(&mut self.buf, rest, raw_max);
+                    }
+                }
+                return data.len();
+            };
+            let part = &rest[..nl];
+            pos += nl + 1;
+            if self.discarding {
+                self.discarding = false;
+                continue;
+            }
+            let flow = if self.buf.is_empty() {
+                // The whole line is in `data`: lend it without copying.
+                let line = strip_cr(part);
+                if line.len() > max {
+                    on_frame(Err(FrameError::LineTooLong { max }))
+                } else {
+                    on_frame(Ok(line))
+                }
+            } else {
+                let ends_in_cr = match part.last() {
+                    Some(&last) => last == b'\r',
+                    None => self.buf.last() == Some(&b'\r'),
+                };
+                let len = self.buf.len() + part.len() - usize::from(ends_in_cr);
+                if len > max {
+                    release(&mut self.buf);
+                    on_frame(Err(FrameError::LineTooLong { max }))
+                } else {
+                    extend_bounded(&mut self.buf, part, raw_max);
+                    let flow = on_frame(Ok(strip_cr(&self.buf)));
+                    release(&mut self.buf);
+                    flow
+                }
+            };
+            if flow.into_flow().is_break() {
+                return pos;
+            }
+        }
+        data.len()
+    }
+}
+
+/// Where a [`LengthDecoder`] is in the stream.
+#[derive(Clone, Copy, Debug)]
+enum LengthState {
+    /// Reading a length prefix (`header_len` bytes of it are in `header`).
+    Header,
+    /// Reading a payload of `len <= max_frame` bytes.
+    Payload { len: usize },
+    /// Dropping the rest of an over-large payload.
+    Skip { remaining: u32 },
+}
+
+/// Decodes length-prefixed frames: a 4-byte big-endian payload length, then
+/// the payload, at most `max_frame` bytes.
+///
+/// Zero-length payloads are frames too. A frame whose length is over
+/// `max_frame` is reported once as [`FrameError::FrameTooLarge`] as soon as its
+/// length prefix has arrived; its payload is then skipped (not buffered), and
+/// the next frame is decoded normally.
+///
+/// [`encode_length_prefixed`] writes this format.
+#[derive(Clone, Debug)]
+pub struct LengthDecoder {
+    max_frame: usize,
+    state: LengthState,
+    header: [u8; 4],
+    header_len: usize,
+    /// The start of an incomplete payload, at most `max_frame` bytes.
+    buf: Vec<u8>,
+}
+
+impl LengthDecoder {
+    /// Creates a decoder for payloads of at most `max_frame` bytes. It
+    /// allocates nothing until a payload is cut across two `feed` calls.
+    pub fn new(max_frame: usize) -> Self {
+        LengthDecoder {
+            max_frame,
+            state: LengthState::Header,
+            header: [0; 4],
+            header_len: 0,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The maximum payload size given to [`new`](Self::new).
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
+    /// Bytes held of an incomplete frame: up to 3 bytes of a length prefix,
+    /// or up to `max_frame` bytes of a payload. Zero while skipping an
+    /// over-large payload.
+    pub fn buffered(&self) -> usize {
+        self.header_len + self.buf.len()
+    }
+
+    /// Feeds bytes, calling `on_frame` with each complete payload, or with
+    /// `Err(FrameTooLarge)` once per over-large frame.
+    ///
+    /// Returns how many bytes of `data` were consumed: `data.len()` unless
+    /// `on_frame` returned `ControlFlow::Break(())`, in which case decoding
+    /// stopped right after that frame or error, and the rest of `data` should
+    /// be fed again to resume (see the
+    /// [module docs](self#callbacks-and-stopping-early)).
+    pub fn feed<F, R>(&mut self, data: &[u8], mut on_frame: F) -> usize
+    where
+        F: FnMut(Result<&[u8], FrameError>) -> R,
+        R: FrameFlow,
+    {
+        let max = self.max_frame;
+        let mut pos = 0;
+        loop {
+            let rest = &data[pos..];
+            match self.state {
+                LengthState::Header => {
+                    let len = if self.header_len == 0 && rest.len() >= 4 {
+                        pos += 4;
+                        u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]])
+                    } else {
+                        let take = (4 - self.header_len).min(rest.len());
+                        self.header[self.header_len..self.header_len + take]
+                            .copy_from_slice(&rest[..take]);
+                        self.header_len += take;
+                        if self.header_len < 4 {
+                            return data.len();
+                        }
+                        pos += take;
+                        self.header_len = 0;
+                        u32::from_be_bytes(self.header)
+                    };
+                    match usize::try_from(len) {
+                        Ok(len) if len <= max => self.state = LengthState::Payload { len },
+                        _ => {
+                            self.state = LengthState::Skip { remaining: len };
+                            let len = usize::try_from(len).unwrap_or(usize::MAX);
+                            let err = FrameError::FrameTooLarge { len, max };
+                            if on_frame(Err(err)).into_flow().is_break() {
+                                return pos;
+                            }
+                        }
+                    }
+                }
+                LengthState::Payload { len } => {
+                    let flow = if self.buf.is_empty() && rest.len() >= len {
+                        // The whole payload is in `data`: lend it without copying.
+                        pos += len;
+                        self.state = LengthState::Header;
+                        on_frame(Ok(&rest[..len]))
+                    } else {
+                        let take = (len - self.buf.len()).min(rest.len());
+                        extend_bounded(&mut self.buf, &rest[..take], len);
+                        if self.buf.len() < len {
+                            return data.len();
+                        }
+                        pos += take;
+                        self.state = LengthState::Header;
+                        let flow = on_frame(Ok(&self.buf));
+                        release(&mut self.buf);
+                        flow
+                    };
+                    if flow.into_flow().is_break() {
+                        return pos;
+                    }
+                }
+                LengthState::Skip { remaining } => {
+                    let skip = u32::try_from(rest.len()).map_or(remaining, |n| n.min(remaining));
+                    pos += skip as usize;
+                    if skip < remaining {
+                        self.state = LengthState::Skip {
+                            remaining: remaining - skip,
+                        };
+                        return data.len();
+                    }
+                    self.state = LengthState::Header;
+                }
+            }
+        }
+    }
+}
+
+/// Appends `payload` to `out` as one length-prefixed frame: its length as
+/// 4 bytes big-endian, then the payload itself.
+///
+/// # Panics
+///
+/// If `payload` is longer than `u32::MAX` bytes.
+pub fn encode_length_prefixed(payload: &[u8], out: &mut Vec<u8>) {
+    let len = u32::try_from(payload.len())
+        .expect("encode_length_prefixed: payload longer than u32::MAX bytes");
+    out.reserve(4 + payload.len());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One decoder event, owned.
+    type Event = Result<Vec<u8>, FrameError>;
+
+    /// The two decoders behind one interface, plus a plain reference model of
+    /// each format that the decoders must agree with.
+    trait Decoder: Sized {
+        fn with_max(max: usize) -> Self;
+        /// Feeds `data`; pushes events; breaks after `stop_after` more events.
+        fn feed_events(
+            &mut self,
+            data: &[u8],
+            events: &mut Vec<Event>,
+            stop_after: Option<usize>,
+        ) -> usize;
+        fn held(&self) -> usize;
+        fn capacity(&self) -> usize;
+        /// The most `held()` may ever be.
+        fn bound(max: usize) -> usize;
+        /// The events the bytes `data` decide, computed naively.
+        fn model(max: usize, data: &[u8]) -> Vec<Event>;
+    }
+
+    fn collect<'a>(
+        events: &'a mut Vec<Event>,
+        stop_after: Option<usize>,
+    ) -> impl FnMut(Result<&[u8], FrameError>) -> ControlFlow<()> + 'a {
+        let mut left = stop_after;
+        move |frame| {
+            events.push(frame.map(<[u8]>::to_vec));
+            match &mut left {
+                Some(0) => unreachable!(),
+                Some(1) => ControlFlow::Break(()),
+                Some(n) => {
+                    *n -= 1;
+                    ControlFlow::Continue(())
+                }
+                None => ControlFlow::Continue(()),
+            }
+        }
+    }
+
+    impl Decoder for LineDecoder {
+        fn with_max(max: usize) -> Self {
+            LineDecoder::new(max)
+        }
+        fn feed_events(&mut self, d: &[u8], ev: &mut Vec<Event>, stop: Option<usize>) -> usize {
+            self.feed(d, collect(ev, stop))
+        }
+        fn held(&self) -> usize {
+            self.buffered()
+        }
+        fn capacity(&self) -> usize {
+            self.buf.capacity()
+        }
+        fn bound(max: usize) -> usize {
+            max + 1
+        }
+        fn model(max: usize, data: &[u8]) -> Vec<Event> {
+            let mut events = Vec::new();
+            let mut segments: Vec<&[u8]> = data.split(|&b| b == b'\n').collect();
+            let last = segments.pop().unwrap(); // not terminated by "\n"
+            for seg in segments {
+                let line = seg.strip_suffix(b"\r").unwrap_or(seg);
+                events.push(if line.len() > max {
+                    Err(FrameError::LineTooLong { max })
+                } else {
+                    Ok(line.to_vec())
+                });
+            }
+            if last.len() > max + 1 {
+                events.push(Err(FrameError::LineTooLong { max }));
+            }
+            events
+        }
+    }
+
+    impl Decoder for LengthDecoder {
+        fn with_max(max: usize) -> Self {
+            LengthDecoder::new(max)
+        }
+        fn feed_events(&mut self, d: &[u8], ev: &mut Vec<Event>, stop: Option<usize>) -> usize {
+            self.feed(d, collect(ev, stop))
+        }
+        fn held(&self) -> usize {
+            self.buffered()
+        }
+        fn capacity(&self) -> usize {
+            self.buf.capacity()
+        }
+        fn bound(max: usize) -> usize {
+            max.max(3)
+        }
+        fn model(max: usize, mut data: &[u8]) -> Vec<Event> {
+            let mut events = Vec::new();
+            while data.len() >= 4 {
+                let len = u32::from_be_bytes(data[..4].try_into().unwrap()) as usize;
+                data = &data[4..];
+                if len > max {
+                    events.push(Err(FrameError::FrameTooLarge { len, max }));
+                    data = &data[len.min(data.len())..];
+                } else if data.len() >= len {
+                    events.push(Ok(data[..len].to_vec()));
+                    data = &data[len..];
+                } else {
+                    break;
+                }
+            }
+            events
+        }
+    }
+
+    fn one_shot<D: Decoder>(max: usize, data: &[u8]) -> (Vec<Event>, usize) {
+        let mut d = D::with_max(max);
+        let mut events = Vec::new();
+        assert_eq!(d.feed_events(data, &mut events, None), data.len());
+        assert!(d.held() <= D::bound(max));
+        (events, d.held())
+    }
+
+    /// Feeds `data` in the given chunks; checks the bounds and that after each
+    /// chunk the events so far are exactly those of the prefix fed so far.
+    fn chunked<D: Decoder>(max: usize, data: &[u8], cuts: &[usize]) -> (Vec<Event>, usize) {
+        let mut d = D::with_max(max);
+        let mut events = Vec::new();
+        let mut start = 0;
+        for &end in cuts.iter().chain([data.len()].iter()) {
+            assert_eq!(
+                d.feed_events(&data[start..end], &mut events, None),
+                end - start
+            );
+            assert!(d.held() <= D::bound(max), "held {} > bound", d.held());
+            assert!(d.capacity() <= D::bound(max), "capacity {}", d.capacity());
+            assert_eq!(
+                events,
+                D::model(max, &data[..end]),
+                "prefix of {} bytes",
+                end
+            );
+            start = end;
+        }
+        (events, d.held())
+    }
+
+    /// Feeds `data` at once, but stops after every `every` events and resumes
+    /// with the unconsumed rest.
+    fn stopping<D: Decoder>(max: usize, data: &[u8], every: usize) -> (Vec<Event>, usize) {
+        let mut d = D::with_max(max);
+        let mut events = Vec::new();
+        let mut rest = data;
+        loop {
+            let before = events.len();
+            let used = d.feed_events(rest, &mut events, Some(every));
+            assert!(used <= rest.len());
+            if used < rest.len() {
+                assert_eq!(
+                    events.len(),
+                    before + every,
+                    "stopped early without a break"
+                );
+            }
+            rest = &rest[used..];
+            if rest.is_empty() {
+                break;
+            }
+        }
+        (events, d.held())
+    }
+
+    /// The split-everywhere property for one input.
+    fn check_splits<D: Decoder>(max: usize, data: &[u8]) {
+        let expected = one_shot::<D>(max, data);
+        assert_eq!(
+            expected.0,
+            D::model(max, data),
+            "one-shot vs model, max {max}"
+        );
+        for cut in 0..=data.len() {
+            assert_eq!(chunked::<D>(max, data, &[cut]), expected, "cut at {cut}");
+        }
+        let every_byte: Vec<usize> = (1..data.len()).collect();
+        assert_eq!(
+            chunked::<D>(max, data, &every_byte),
+            expected,
+            "byte at a time"
+        );
+        for every in 1..=3 {
+            assert_eq!(
+                stopping::<D>(max, data, every),
+                expected,
+                "stop every {every}"
+            );
+        }
+    }
+
+    /// A callback for feeds that must not complete a frame.
+    fn no_frame(frame: Result<&[u8], FrameError>) {
+        panic!("unexpected {frame:?}");
+    }
+
+    fn ok(s: &[u8]) -> Event {
+        Ok(s.to_vec())
+    }
+
+    fn lines(max: usize, data: &[u8]) -> Vec<Event> {
+        check_splits::<LineDecoder>(max, data);
+        one_shot::<LineDecoder>(max, data).0
+    }
+
+    fn frames(max: usize, data: &[u8]) -> Vec<Event> {
+        check_splits::<LengthDecoder>(max, data);
+        one_shot::<LengthDecoder>(max, data).0
+    }
+
+    fn wire(payloads: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for p in payloads {
+            encode_length_prefixed(p, &mut out);
+        }
+        out
+    }
+
+    const TOO_LONG_4: Event = Err(FrameError::LineTooLong { max: 4 });
+
+    #[test]
+    fn lines_basic_crlf_and_empty() {
+        assert_eq!(lines(4, b""), []);
+        assert_eq!(lines(4, b"ab"), []);
+        assert_eq!(lines(4, b"ab\n"), [ok(b"ab")]);
+        assert_eq!(lines(4, b"ab\r\ncd\n"), [ok(b"ab"), ok(b"cd")]);
+        assert_eq!(lines(4, b"\n\r\n\n"), [ok(b""), ok(b""), ok(b"")]);
+        assert_eq!(lines(4, b"\r"), []);
+        // Only one "\r" right before "\n" is removed.
+        assert_eq!(lines(4, b"a\rb\n\r\r\n"), [ok(b"a\rb"), ok(b"\r")]);
+        assert_eq!(lines(4, b"a\n\rb"), [ok(b"a")]);
+    }
+
+    #[test]
+    fn lines_at_the_limit() {
+        assert_eq!(lines(4, b"abcd\n"), [ok(b"abcd")]);
+        assert_eq!(lines(4, b"abcd\r\n"), [ok(b"abcd")]);
+        assert_eq!(lines(4, b"abcde\n"), [TOO_LONG_4]);
+        assert_eq!(lines(4, b"abcde\r\n"), [TOO_LONG_4]);
+        assert_eq!(lines(4, b"abc\r\r\n"), [ok(b"abc\r")]);
+        assert_eq!(
+            lines(0, b"\n\r\na\n"),
+            [ok(b""), ok(b""), Err(FrameError::LineTooLong { max: 0 })]
+        );
+        // Unterminated: up to max + 1 bytes may still become a valid line ...
+        assert_eq!(lines(4, b"abcde"), []);
+        assert_eq!(lines(4, b"abcd\r"), []);
+        // ... one more and it is reported at once.
+        assert_eq!(lines(4, b"abcdef"), [TOO_LONG_4]);
+    }
+
+    #[test]
+    fn lines_resync_after_too_long() {
+        assert_eq!(lines(4, b"abcdefgh\nok\n"), [TOO_LONG_4, ok(b"ok")]);
+        assert_eq!(
+            lines(4, b"abcdefgh\r\n\nok\r\n"),
+            [TOO_LONG_4, ok(b""), ok(b"ok")]
+        );
+        assert_eq!(
+            lines(4, b"x\nabcdefghijklmnop\nabcde\nabcd\n"),
+            [ok(b"x"), TOO_LONG_4, TOO_LONG_4, ok(b"abcd")]
+        );
+        assert_eq!(lines(4, b"abcdefgh"), [TOO_LONG_4]);
+        assert_eq!(lines(4, b"abcdefgh\n"), [TOO_LONG_4]);
+    }
+
+    #[test]
+    fn lines_usize_max_limit() {
+        let mut d = LineDecoder::new(usize::MAX);
+        let mut got = Vec::new();
+        d.feed(b"abc", |f| got.push(f.map(<[u8]>::to_vec)));
+        d.feed(b"d\r\n", |f| got.push(f.map(<[u8]>::to_vec)));
+        assert_eq!(got, [ok(b"abcd")]);
+    }
+
+    #[test]
+    fn lines_memory_bounded_for_10mb_line() {
+        let max = 1024;
+        let big = vec![b'x'; 10 * 1024 * 1024];
+        let mut d = LineDecoder::new(max);
+        let mut got = Vec::new();
+        for chunk in big.chunks(65536).chain([&b"\nok\n"[..]]) {
+            d.feed(chunk, |f| got.push(f.map(<[u8]>::to_vec)));
+            assert!(d.buffered() <= max + 1);
+            assert!(d.buf.capacity() <= max + 1, "capacity {}", d.buf.capacity());
+        }
+        assert_eq!(got, [Err(FrameError::LineTooLong { max }), ok(b"ok")]);
+        assert_eq!(d.buffered(), 0);
+
+        // Trickled in small pieces: the buffer fills up to the bound, then is freed.
+        let mut d = LineDecoder::new(max);
+        got.clear();
+        for chunk in big.chunks(100).chain([&b"\nok\n"[..]]) {
+            d.feed(chunk, |f| got.push(f.map(<[u8]>::to_vec)));
+            assert!(d.buf.capacity() <= max + 1, "capacity {}", d.buf.capacity());
+        }
+        assert_eq!(got, [Err(FrameError::LineTooLong { max }), ok(b"ok")]);
+
+        // At once: nothing is buffered at all.
+        let mut d = LineDecoder::new(max);
+        got.clear();
+        d.feed(&[&big[..], b"\nok\n"].concat(), |f| {
+            got.push(f.map(<[u8]>::to_vec))
+        });
+        assert_eq!(got, [Err(FrameError::LineTooLong { max }), ok(b"ok")]);
+        assert_eq!(d.buf.capacity(), 0);
+    }
+
+    #[test]
+    fn lines_large_buffer_is_freed_small_is_kept() {
+        let mut d = LineDecoder::new(100_000);
+        let long = vec![b'y'; 50_000];
+        d.feed(&long, |_| ());
+        assert!(d.buf.capacity() >= 50_000);
+        d.feed(b"\n", |f| assert_eq!(f.unwrap().len(), 50_000));
+        assert_eq!(d.buf.capacity(), 0);
+        d.feed(b"abc", no_frame);
+        let cap = d.buf.capacity();
+        assert!(cap > 0 && cap <= RETAIN_CAPACITY);
+        d.feed(b"\n", |f| assert_eq!(f.unwrap(), b"abc"));
+        assert_eq!(d.buf.capacity(), cap);
+    }
+
+    #[test]
+    fn lines_whole_in_chunk_are_borrowed_not_copied() {
+        let data = b"one\ntwo\r\nthree\n";
+        let range = data.as_ptr_range();
+        let mut d = LineDecoder::new(16);
+        let mut n = 0;
+        d.feed(data, |f| {
+            let line = f.unwrap();
+            assert!(range.contains(&line.as_ptr()));
+            n += 1;
+        });
+        assert_eq!(n, 3);
+        assert_eq!(d.buf.capacity(), 0, "no allocation");
+    }
+
+    #[test]
+    fn frames_basic_and_empty() {
+        assert_eq!(frames(8, b""), []);
+        assert_eq!(frames(8, &[0, 0, 0]), []);
+        assert_eq!(frames(8, &wire(&[b""])), [ok(b"")]);
+        assert_eq!(
+            frames(8, &wire(&[b"abc", b"", b"defgh"])),
+            [ok(b"abc"), ok(b""), ok(b"defgh")]
+        );
+        // A trailing partial frame is held back.
+        let mut w = wire(&[b"abc", b"defgh"]);
+        w.truncate(w.len() - 1);
+        assert_eq!(frames(8, &w), [ok(b"abc")]);
+        // Newlines and zeros mean nothing here.
+        assert_eq!(frames(8, &wire(&[b"\n\r\0"])), [ok(b"\n\r\0")]);
+    }
+
+    #[test]
+    fn frames_at_the_limit_and_skip() {
+        let too_large = |len| Err(FrameError::FrameTooLarge { len, max: 4 });
+        assert_eq!(frames(4, &wire(&[b"abcd"])), [ok(b"abcd")]);
+        assert_eq!(frames(4, &wire(&[b"abcde"])), [too_large(5)]);
+        assert_eq!(
+            frames(4, &wire(&[b"abcde", b"ok", b"0123456789", b"", b"abcd"])),
+            [too_large(5), ok(b"ok"), too_large(10), ok(b""), ok(b"abcd")]
+        );
+        // Reported as soon as the length is known, even with the payload missing.
+        assert_eq!(frames(4, &[0, 0, 0, 5]), [too_large(5)]);
+        assert_eq!(
+            frames(4, &[0, 0, 0, 5, 1, 2, 3, 4, 5, 0, 0]),
+            [too_large(5)]
+        );
+        assert_eq!(
+            frames(0, &[0xff, 0xff, 0xff, 0xff, 1, 2, 3]),
+            [Err(FrameError::FrameTooLarge {
+                len: u32::MAX as usize,
+                max: 0
+            })]
+        );
+        assert_eq!(
+            frames(0, &wire(&[b"", b"", b"x", b""])),
+            [
+                ok(b""),
+                ok(b""),
+                Err(FrameError::FrameTooLarge { len: 1, max: 0 }),
+                ok(b"")
+            ]
+        );
+    }
+
+    #[test]
+    fn frames_memory_bounded() {
+        let max = 1024;
+        // A 10 MB frame over the limit is skipped without buffering.
+        let mut w = wire(&[&vec![7; 10 * 1024 * 1024]]);
+        encode_length_prefixed(b"ok", &mut w);
+        let mut d = LengthDecoder::new(max);
+        let mut got = Vec::new();
+        for chunk in w.chunks(65536) {
+            d.feed(chunk, |f| got.push(f.map(<[u8]>::to_vec)));
+            assert!(d.buffered() <= 3);
+            assert_eq!(d.buf.capacity(), 0);
+        }
+        let len = 10 * 1024 * 1024;
+        assert_eq!(
+            got,
+            [Err(FrameError::FrameTooLarge { len, max }), ok(b"ok")]
+        );
+
+        // A frame of exactly max bytes trickled in: the buffer stays within max.
+        let payload: Vec<u8> = (0..max).map(|i| i as u8).collect();
+        let w = wire(&[&payload]);
+        let mut d = LengthDecoder::new(max);
+        got.clear();
+        for chunk in w.chunks(7) {
+            d.feed(chunk, |f| got.push(f.map(<[u8]>::to_vec)));
+            assert!(d.buffered() <= max);
+            assert!(d.buf.capacity() <= max, "capacity {}", d.buf.capacity());
+        }
+        assert_eq!(got, [Ok(payload)]);
+    }
+
+    #[test]
+    fn frames_whole_in_chunk_are_borrowed_not_copied() {
+        let data = wire(&[b"one", b"", b"three"]);
+        let range = data.as_ptr_range();
+        let mut d = LengthDecoder::new(16);
+        let mut n = 0;
+        d.feed(&data, |f| {
+            let frame = f.unwrap();
+            assert!(frame.is_empty() || range.contains(&frame.as_ptr()));
+            n += 1;
+        });
+        assert_eq!(n, 3);
+        assert_eq!(d.buf.capacity(), 0, "no allocation");
+        // A header cut across feeds does not force a copy of the payload either.
+        let mut d = LengthDecoder::new(16);
+        d.feed(&data[..2], no_frame);
+        let rest = &data[2..];
+        let range = rest.as_ptr_range();
+        d.feed(rest, |f| {
+            let frame = f.unwrap();
+            assert!(frame.is_empty() || range.contains(&frame.as_ptr()));
+        });
+        assert_eq!(d.buf.capacity(), 0, "no allocation");
+    }
+
+    #[test]
+    fn callback_mutates_caller_state() {
+        struct Conn {
+            lines: LineDecoder,
+            frames: LengthDecoder,
+            seen: Vec<String>,
+            errors: usize,
+        }
+        impl Conn {
+            fn on_lines(&mut self, data: &[u8]) {
+                // Disjoint field borrows: `lines` by feed, the rest by the closure.
+                self.lines.feed(data, |f| match f {
+                    Ok(l) => self.seen.push(String::from_utf8_lossy(l).into_owned()),
+                    Err(_) => self.errors += 1,
+                });
+            }
+            fn on_frames(&mut self, data: &[u8]) {
+                self.frames.feed(data, |f| match f {
+                    Ok(p) => self.seen.push(String::from_utf8_lossy(p).into_owned()),
+                    Err(_) => self.errors += 1,
+                });
+            }
+        }
+        let mut c = Conn {
+            lines: LineDecoder::new(5),
+            frames: LengthDecoder::new(5),
+            seen: Vec::new(),
+            errors: 0,
+        };
+        c.on_lines(b"hi\nthere");
+        c.on_lines(b"\nway too long\n");
+        c.on_frames(&wire(&[b"abc", b"toolong"]));
+        assert_eq!(c.seen, ["hi", "there", "abc"]);
+        assert_eq!(c.errors, 2);
+
+        // And a plain local Vec.
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        let mut d = LineDecoder::new(8);
+        d.feed(b"a\nb\n", |f| out.push(f.unwrap().to_vec()));
+        assert_eq!(out, [b"a".to_vec(), b"b".to_vec()]);
+    }
+
+    #[test]
+    fn break_stops_and_leaves_the_rest_to_the_caller() {
+        let data = b"a\nQUIT\nb\nc";
+        let mut d = LineDecoder::new(8);
+        let mut got = Vec::new();
+        let used = d.feed(data, |f| {
+            let line = f.unwrap().to_vec();
+            let quit = line == b"QUIT";
+            got.push(line);
+            if quit {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        assert_eq!(used, 7);
+        assert_eq!(got, [b"a".to_vec(), b"QUIT".to_vec()]);
+        assert_eq!(d.buffered(), 0, "the rest is not buffered");
+        // Resuming with the rest continues as if nothing happened.
+        let used = d.feed(&data[used..], |f| got.push(f.unwrap().to_vec()));
+        assert_eq!(used, 3);
+        assert_eq!(got.last().unwrap(), b"b");
+        assert_eq!(d.buffered(), 1);
+
+        // Break on a buffered line and on errors.
+        let mut d = LineDecoder::new(2);
+        d.feed(b"x", no_frame);
+        assert_eq!(d.feed(b"y\nabc\nz\n", |_| ControlFlow::Break(())), 2);
+        assert_eq!(d.buffered(), 0);
+        assert_eq!(
+            d.feed(b"abc\nz\n", |f| {
+                assert!(f.is_err());
+                ControlFlow::Break(())
+            }),
+            4
+        );
+        // An over-long unterminated line consumes everything it was given.
+        assert_eq!(d.feed(b"abcdef", |_| ControlFlow::Break(())), 6);
+
+        let data = wire(&[b"abcdef", b"x", b"y"]);
+        let mut d = LengthDecoder::new(4);
+        assert_eq!(
+            d.feed(&data, |f| {
+                assert!(f.is_err());
+                ControlFlow::Break(())
+            }),
+            4
+        );
+        assert_eq!(
+            d.feed(&data[4..], |f| {
+                assert_eq!(f.unwrap(), b"x");
+                ControlFlow::Break(())
+            }),
+            6 + 5
+        );
+        assert_eq!(
+            d.feed(&data[15..], |f| {
+                assert_eq!(f.unwrap(), b"y");
+                ControlFlow::Break(())
+            }),
+            5
+        );
+    }
+
+    #[test]
+    fn encode_and_errors_display() {
+        let mut out = vec![9];
+        encode_length_prefixed(b"hey", &mut out);
+        encode_length_prefixed(b"", &mut out);
+        assert_eq!(out, [9, 0, 0, 0, 3, b'h', b'e', b'y', 0, 0, 0, 0]);
+        let e: Box<dyn Error> = Box::new(FrameError::LineTooLong { max: 3 });
+        assert_eq!(e.to_string(), "line longer than 3 bytes");
+        let e = FrameError::FrameTooLarge { len: 10, max: 3 };
+        assert_eq!(
+            e.to_string(),
+            "frame of 10 bytes exceeds the maximum of 3 bytes"
+        );
+        assert_eq!(LineDecoder::new(7).max_line(), 7);
+        assert_eq!(LengthDecoder::new(9).max_frame(), 9);
+    }
+
+    /// xorshift64: enough randomness for tests, no dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            let mut x = self.0;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.0 = x;
+            x
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// Random cut points, sorted.
+    fn random_cuts(rng: &mut Rng, len: usize) -> Vec<usize> {
+        let mut cuts: Vec<usize> = (0..rng.below(6)).map(|_| rng.below(len + 1)).collect();
+        cuts.sort_unstable();
+        cuts
+    }
+
+    fn check_random<D: Decoder>(rng: &mut Rng, max: usize, data: &[u8]) {
+        let expected = one_shot::<D>(max, data);
+        assert_eq!(
+            expected.0,
+            D::model(max, data),
+            "model; max {max} data {data:?}"
+        );
+        let cuts = random_cuts(rng, data.len());
+        assert_eq!(
+            chunked::<D>(max, data, &cuts),
+            expected,
+            "cuts {cuts:?} max {max} data {data:?}"
+        );
+        let every = 1 + rng.below(3);
+        assert_eq!(
+            stopping::<D>(max, data, every),
+            expected,
+            "stop every {every}"
+        );
+    }
+
+    #[test]
+    fn random_lines() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..3000 {
+            let max = rng.below(10);
+            let len = rng.below(64);
+            let data: Vec<u8> = (0..len).map(|_| b"ab\r\n\n\r"[rng.below(6)]).collect();
+            check_random::<LineDecoder>(&mut rng, max, &data);
+        }
+    }
+
+    #[test]
+    fn random_frames() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        for _ in 0..3000 {
+            let max = rng.below(16);
+            let mut data = Vec::new();
+            for _ in 0..rng.below(8) {
+                let payload: Vec<u8> = (0..rng.below(24)).map(|_| rng.next() as u8).collect();
+                encode_length_prefixed(&payload, &mut data);
+            }
+            if rng.below(4) == 0 {
+                data.truncate(rng.below(data.len() + 1));
+            }
+            if rng.below(8) == 0 {
+                data.extend((0..rng.below(12)).map(|_| rng.next() as u8));
+            }
+            check_random::<LengthDecoder>(&mut rng, max, &data);
+        }
+    }
+}

@@ -1,0 +1,409 @@
+//! `EventLoop`: the reactor. It owns the mio `Poll`, its `Events`, the handler, the one read
+//! buffer and the `Core`; `run_once` is one tick, `run` ticks until stopped.
+
+use crate::core::{Core, Kind, Shutdown, TimerKind};
+use crate::handle::{Handle, Shared};
+use crate::token::{Key, SIGNALS, WAKER};
+use crate::{Config, ConnId, Context, Handler, ListenerId, Stats, UdpId, conn, listener, udp};
+use mio::event::Event;
+use mio::{Events, Interest, Poll};
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Readiness of one event, as the dispatcher reads it (mio's `Event` can't be built by hand,
+/// so tests feed this).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Ready {
+    pub(crate) readable: bool,
+    pub(crate) writable: bool,
+    pub(crate) read_closed: bool,
+    pub(crate) error: bool,
+}
+
+impl Ready {
+    fn of(event: &Event) -> Ready {
+        Ready {
+            readable: event.is_readable(),
+            writable: event.is_writable(),
+            read_closed: event.is_read_closed(),
+            error: event.is_error(),
+        }
+    }
+    const READABLE: Ready = Ready {
+        readable: true,
+        writable: false,
+        read_closed: false,
+        error: false,
+    };
+}
+
+/// A single-threaded reactor serving TCP, UDP and Unix sockets to one [`Handler`].
+///
+/// ```no_run
+/// use evloop::{ConnId, Context, EventLoop, Handler};
+///
+/// struct Echo;
+/// impl Handler for Echo {
+///     fn on_data(&mut self, cx: &mut Context<'_>, conn: ConnId, data: &[u8]) {
+///         cx.send(conn, data);
+///     }
+/// }
+///
+/// let mut el = EventLoop::new(Echo)?;
+/// el.listen("127.0.0.1:7000".parse().unwrap())?;
+/// el.run()?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+///
+/// # One tick
+/// `run_once` waits for readiness (not at all if work was left over, otherwise until the
+/// next timer or the given timeout), serves what last tick's budgets left, dispatches each
+/// event to its live entry, fires due timers, runs work posted from other threads, and
+/// finally runs `on_close` for every entry closed during the tick and frees its slot.
+///
+/// # Errors
+/// A failure of one connection never escapes: it closes that connection with a
+/// [`CloseReason`](crate::CloseReason). Only a failure of the poll itself is returned.
+pub struct EventLoop<H> {
+    poll: Poll,
+    events: Events,
+    core: Core,
+    handler: H,
+    /// The one read buffer, lent to every read: idle connections hold none.
+    buf: Vec<u8>,
+    /// Spare list swapped with `core.ready` each tick, to keep both allocations.
+    ready_spare: Vec<Key>,
+    shared: Arc<Shared<H>>,
+    signals: Option<signal_hook_mio::v1_0::Signals>,
+}
+
+impl<H: Handler> EventLoop<H> {
+    /// A loop with the default [`Config`].
+    pub fn new(handler: H) -> io::Result<EventLoop<H>> {
+        EventLoop::with_config(handler, Config::default())
+    }
+
+    /// A loop with the given settings.
+    pub fn with_config(handler: H, config: Config) -> io::Result<EventLoop<H>> {
+        let poll = Poll::new()?;
+        let shared = Arc::new(Shared {
+            waker: mio::Waker::new(poll.registry(), WAKER)?,
+            tasks: Mutex::new(Vec::new()),
+        });
+        let registry = poll.registry().try_clone()?;
+        Ok(EventLoop {
+            events: Events::with_capacity(config.events_capacity.max(1)),
+            buf: vec![0; config.read_buffer_size.max(1)],
+            core: Core::new(registry, config),
+            poll,
+            handler,
+            ready_spare: Vec::new(),
+            shared,
+            signals: None,
+        })
+    }
+
+    /// A context to act on the loop from outside a callback: listen, bind, connect, send.
+    pub fn context(&mut self) -> Context<'_> {
+        self.core.now = Instant::now();
+        Context {
+            core: &mut self.core,
+        }
+    }
+
+    /// Listens on a TCP address; see [`Context::listen`].
+    pub fn listen(&mut self, addr: SocketAddr) -> io::Result<ListenerId> {
+        self.context().listen(addr)
+    }
+
+    /// Listens on a Unix stream socket; see [`Context::listen_unix`].
+    pub fn listen_unix(&mut self, path: impl AsRef<Path>) -> io::Result<ListenerId> {
+        self.context().listen_unix(path)
+    }
+
+    /// Binds a UDP socket; see [`Context::bind_udp`].
+    pub fn bind_udp(&mut self, addr: SocketAddr) -> io::Result<UdpId> {
+        self.context().bind_udp(addr)
+    }
+
+    /// Starts an outbound TCP connect; see [`Context::connect`].
+    pub fn connect(&mut self, addr: SocketAddr) -> io::Result<ConnId> {
+        self.context().connect(addr)
+    }
+
+    /// A handle for other threads: post work, stop, shut down.
+    pub fn handle(&self) -> Handle<H> {
+        Handle::new(&self.shared)
+    }
+
+    /// Delivers these signals (e.g. `libc::SIGINT`, `libc::SIGTERM`) to
+    /// [`Handler::on_signal`], whose default starts a graceful shutdown. Uses signal-hook's
+    /// mio source: the signal handler only writes to a pipe the loop polls.
+    pub fn watch_signals(&mut self, signals: &[i32]) -> io::Result<()> {
+        let mut source = signal_hook_mio::v1_0::Signals::new(signals)?;
+        self.poll
+            .registry()
+            .register(&mut source, SIGNALS, Interest::READABLE)?;
+        self.signals = Some(source);
+        Ok(())
+    }
+
+    /// The handler.
+    pub fn handler(&self) -> &H {
+        &self.handler
+    }
+
+    /// The handler, mutably (between ticks).
+    pub fn handler_mut(&mut self) -> &mut H {
+        &mut self.handler
+    }
+
+    /// The loop's counters.
+    pub fn stats(&self) -> &Stats {
+        &self.core.stats
+    }
+
+    /// Entries in the slab (listeners, connections, datagram sockets), dead ones included
+    /// until the end of their tick. Tests use it to check that nothing leaks.
+    pub fn slab_len(&self) -> usize {
+        self.core.slab.len()
+    }
+
+    /// Runs ticks until [`Context::stop`], [`Handle::stop`], or a graceful shutdown finishes.
+    pub fn run(&mut self) -> io::Result<()> {
+        self.core.stopped = false;
+        while !self.core.stopped {
+            self.run_once(None)?;
+        }
+        Ok(())
+    }
+
+    /// Runs one tick, waiting at most `timeout` for readiness (`None`: until an event or the
+    /// next timer). For embedding in a program with its own loop.
+    pub fn run_once(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        // 1. Wait for readiness: not at all if work was left over; at most until the next timer.
+        self.poll_events(timeout)?;
+        let core = &mut self.core;
+        core.now = Instant::now();
+        core.stats.ticks += 1;
+        let count = self.events.iter().count() as u64;
+        core.stats.events += count;
+        core.stats.max_events_per_tick = core.stats.max_events_per_tick.max(count);
+        // 2. Serve what budgets left over last tick (edges won't repeat for them).
+        std::mem::swap(&mut core.ready, &mut self.ready_spare);
+        for key in self.ready_spare.drain(..) {
+            dispatch(core, &mut self.handler, &mut self.buf, key, Ready::READABLE);
+        }
+        // 3. Dispatch each event to its live entry; stale and dead tokens are dropped.
+        let mut woken = false;
+        for event in self.events.iter() {
+            match event.token() {
+                WAKER => woken = true,
+                SIGNALS => {
+                    let pending: Vec<i32> = match &mut self.signals {
+                        Some(s) => s.pending().collect(),
+                        None => Vec::new(),
+                    };
+                    for signal in pending {
+                        let h = &mut self.handler;
+                        core.invoke(h, None, |h, cx| h.on_signal(cx, signal));
+                    }
+                }
+                token => {
+                    let key = Key::from_token(token);
+                    dispatch(core, &mut self.handler, &mut self.buf, key, Ready::of(event));
+                }
+            }
+        }
+        // 4. Fire due timers.
+        fire_timers(core, &mut self.handler, &mut self.buf);
+        // 5. Run work posted from other threads.
+        if woken {
+            for task in self.shared.take_tasks() {
+                core.invoke(&mut self.handler, None, task);
+            }
+        }
+        // 6. Reap: `on_close` for everything closed this tick, then free the slots.
+        reap(core, &mut self.handler, &mut self.buf);
+        // 7. A graceful shutdown ends when the last connection has gone.
+        if core.shutdown.is_some() && core.stats.connections_open == 0 {
+            core.shutdown = None;
+            core.stopped = true;
+        }
+        Ok(())
+    }
+
+    fn poll_events(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        loop {
+            let now = Instant::now();
+            let mut wait = match self.core.timers.timeout(now) {
+                Some(t) => Some(timeout.map_or(t, |u| u.min(t))),
+                None => timeout,
+            };
+            if !self.core.ready.is_empty() || !self.core.closing.is_empty() {
+                wait = Some(Duration::ZERO);
+            }
+            match self.poll.poll(&mut self.events, wait) {
+                // A signal interrupted the wait: wait again (the timeout is recomputed).
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                result => return result,
+            }
+        }
+    }
+
+    /// Test hook: dispatch a readiness event for an arbitrary token, as if poll returned it.
+    #[cfg(test)]
+    pub(crate) fn inject(&mut self, token: mio::Token, ready: Ready) {
+        let key = Key::from_token(token);
+        dispatch(&mut self.core, &mut self.handler, &mut self.buf, key, ready);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn core(&mut self) -> &mut Core {
+        &mut self.core
+    }
+}
+
+/// Routes one event to the entry `key` names, if that entry is still live.
+fn dispatch<H: Handler>(core: &mut Core, h: &mut H, buf: &mut [u8], key: Key, ready: Ready) {
+    match core.live_mut(key) {
+        Some(Kind::Listener(_)) => listener::accept(core, h, key),
+        Some(Kind::Dgram(_)) => {
+            if ready.writable {
+                core.dgram_flush(key);
+            }
+            if ready.readable || ready.error {
+                udp::recv(core, h, buf, key);
+            }
+        }
+        Some(Kind::Conn(c)) => {
+            if ready.read_closed {
+                c.read_closed = true;
+            }
+            if ready.error {
+                if let Ok(Some(e)) | Err(e) = c.stream.take_error() {
+                    core.kill(key, crate::CloseReason::Error(e));
+                    return;
+                }
+            }
+            if ready.writable || ready.read_closed {
+                conn::writable(core, h, key);
+            }
+            if ready.readable || ready.read_closed {
+                conn::read(core, h, buf, key);
+            }
+        }
+        // Stale generation, freed slot, or marked dead earlier in this tick.
+        None => {}
+    }
+}
+
+fn fire_timers<H: Handler>(core: &mut Core, h: &mut H, buf: &mut [u8]) {
+    while let Some((id, kind)) = core.timers.pop_expired(core.now) {
+        match kind {
+            TimerKind::User => core.invoke(h, None, |h, cx| h.on_timer(cx, id)),
+            TimerKind::Idle(key) => core.idle_check(key),
+            TimerKind::Connect(key) => core.connect_timed_out(key),
+            TimerKind::AcceptRetry(key) => listener::retry(core, h, key),
+            TimerKind::ShutdownDeadline => core.shutdown_deadline(),
+        }
+    }
+    let _ = buf;
+}
+
+/// Runs `on_close` for each entry marked dead this tick (and any its callbacks kill in
+/// turn), then frees the slot, which closes the socket.
+fn reap<H: Handler>(core: &mut Core, h: &mut H, buf: &mut [u8]) {
+    let mut i = 0;
+    while i < core.closing.len() {
+        let key = core.closing[i];
+        i += 1;
+        let Some(entry) = core.slab.get_mut(key.slot as usize) else {
+            continue;
+        };
+        match &mut entry.kind {
+            Kind::Conn(c) => {
+                let reason = c.reason.take().unwrap_or(crate::CloseReason::Local);
+                if reason.is_clean() && !c.eof {
+                    // Closing with unread input makes the kernel send RST, which can destroy
+                    // the reply we just flushed before the peer reads it: read it away first.
+                    while matches!(c.stream.read(buf), Ok(n) if n > 0) {}
+                }
+                core.stats.connections_open -= 1;
+                core.stats.closed.count(&reason);
+                core.invoke(h, None, |h, cx| h.on_close(cx, ConnId(key), &reason));
+            }
+            Kind::Listener(l) => {
+                if let crate::listener::Listener::Unix(_, path) = &l.socket {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+            Kind::Dgram(d) => {
+                if let crate::udp::DgramSocket::Unix(_, Some(path)) = &d.socket {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
+        core.slab.remove(key.slot as usize);
+    }
+    core.closing.clear();
+}
+
+impl Core {
+    pub(crate) fn begin_shutdown(&mut self, deadline: Duration) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        log::info!("graceful shutdown: {deadline:?} for peers to take their bytes");
+        self.shutdown = Some(Shutdown {
+            deadline_passed: false,
+        });
+        let keys: Vec<(Key, bool)> = self
+            .slab
+            .iter()
+            .filter(|(_, e)| !e.dead)
+            .map(|(slot, e)| {
+                let key = Key {
+                    slot: slot as u32,
+                    generation: e.generation,
+                };
+                (key, matches!(e.kind, Kind::Conn(_)))
+            })
+            .collect();
+        for (key, is_conn) in keys {
+            if is_conn {
+                self.conn_close(key);
+            } else {
+                self.dgram_flush(key);
+                self.kill(key, crate::CloseReason::Local);
+            }
+        }
+        let at = self.now + deadline;
+        self.timers.insert(at, None, TimerKind::ShutdownDeadline);
+    }
+
+    fn shutdown_deadline(&mut self) {
+        let Some(s) = &mut self.shutdown else {
+            return;
+        };
+        s.deadline_passed = true;
+        let keys: Vec<Key> = self
+            .slab
+            .iter()
+            .filter(|(_, e)| !e.dead && matches!(e.kind, Kind::Conn(_)))
+            .map(|(slot, e)| Key {
+                slot: slot as u32,
+                generation: e.generation,
+            })
+            .collect();
+        if !keys.is_empty() {
+            log::warn!("shutdown deadline: cutting off {} connections", keys.len());
+        }
+        for key in keys {
+            self.kill(key, crate::CloseReason::Shutdown);
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Shared helpers for the integration tests: a loop on a thread, clients with deadlines,
+//! deterministic random bytes, descriptor counting. Nothing here sleeps to synchronise:
+//! tests wait on channels and sockets, each with a deadline.
+#![allow(dead_code)]
+
+use evloop::{EventLoop, Handle, Handler};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long any single wait in a test may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A loop running on its own thread.
+pub struct Running<H: Handler + Send + 'static> {
+    pub handle: Handle<H>,
+    thread: Option<JoinHandle<EventLoop<H>>>,
+}
+
+/// Moves `el` to a thread and runs it until `stop`.
+pub fn spawn<H: Handler + Send + 'static>(el: EventLoop<H>) -> Running<H> {
+    let handle = el.handle();
+    let thread = std::thread::spawn(move || {
+        let mut el = el;
+        el.run().expect("run");
+        el
+    });
+    Running {
+        handle,
+        thread: Some(thread),
+    }
+}
+
+impl<H: Handler + Send + 'static> Running<H> {
+    /// Stops the loop and gives it back (handler, stats, slab) for final checks.
+    pub fn stop(mut self) -> EventLoop<H> {
+        self.handle.stop().expect("loop alive");
+        self.join()
+    }
+
+    /// Waits for the loop to return by itself (after a graceful shutdown).
+    pub fn join(mut self) -> EventLoop<H> {
+        self.thread.take().unwrap().join().expect("loop thread panicked")
+    }
+}
+
+impl<H: Handler + Send + 'static> Drop for Running<H> {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = self.handle.stop();
+            let _ = t.join();
+        }
+    }
+}
+
+/// A blocking TCP client with read and write deadlines.
+pub fn client(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.set_write_timeout(Some(DEADLINE)).unwrap();
+    s
+}
+
+/// Writes `msg` and reads back exactly as many bytes.
+pub fn round_trip(s: &mut TcpStream, msg: &[u8]) -> Vec<u8> {
+    s.write_all(msg).expect("write");
+    let mut back = vec![0; msg.len()];
+    s.read_exact(&mut back).expect("read echo");
+    back
+}
+
+/// Reads until EOF (the read deadline still applies to each read).
+pub fn read_to_end(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// Receives from a test channel, failing the test after `DEADLINE`.
+pub fn recv<T>(rx: &Receiver<T>) -> T {
+    match rx.recv_timeout(DEADLINE) {
+        Ok(v) => v,
+        Err(RecvTimeoutError::Timeout) => panic!("no event within {DEADLINE:?}"),
+        Err(RecvTimeoutError::Disconnected) => panic!("event channel closed"),
+    }
+}
+
+/// Receives until `pred` matches, discarding others; fails after `DEADLINE`.
+pub fn recv_until<T: std::fmt::Debug>(rx: &Receiver<T>, mut pred: impl FnMut(&T) -> bool) -> T {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(v) if pred(&v) => return v,
+            Ok(_) => {}
+            Err(e) => panic!("no matching event within {DEADLINE:?}: {e}"),
+        }
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*).
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Descriptors this process has open now.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+}
+
+pub fn localhost() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}

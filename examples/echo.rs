@@ -92,7 +92,10 @@ fn main() -> std::io::Result<()> {
     let tcp = el.listen(args.addr)?;
     let addr = el.context().listener_addr(tcp)?;
     let udp = el.bind_udp(addr.as_inet().expect("inet"))?;
-    log::info!("echo listening on {addr} (tcp) and {} (udp)", el.context().udp_addr(udp)?);
+    log::info!(
+        "echo listening on {addr} (tcp) and {} (udp)",
+        el.context().udp_addr(udp)?
+    );
     if let Some(path) = &args.unix {
         el.listen_unix(path)?;
         log::info!("echo listening on unix:{path}");

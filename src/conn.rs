@@ -59,7 +59,12 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub(crate) fn new(stream: Stream, state: State, origin: Option<ListenerId>, now: Instant) -> Conn {
+    pub(crate) fn new(
+        stream: Stream,
+        state: State,
+        origin: Option<ListenerId>,
+        now: Instant,
+    ) -> Conn {
         Conn {
             stream,
             out: OutBuf::new(),
@@ -81,7 +86,7 @@ impl Conn {
         self.state == State::Open
             && !self.eof
             && !self.paused
-            && !(self.congested && pause_when_congested)
+            && (!self.congested || !pause_when_congested)
     }
 
     pub(crate) fn interest(&self) -> Interest {
@@ -187,7 +192,8 @@ fn finish_connect<H: Handler>(core: &mut Core, handler: &mut H, key: Key) {
 impl Core {
     /// Buffered sendall: write now if nothing is queued, queue the rest in order.
     pub(crate) fn conn_send(&mut self, key: Key, data: &[u8]) -> bool {
-        let (now, max_output, high) = (self.now, self.config.max_output, self.config.high_watermark);
+        let (now, max_output, high) =
+            (self.now, self.config.max_output, self.config.high_watermark);
         let Some(Kind::Conn(conn)) = live_in(&mut self.slab, key) else {
             return false;
         };
@@ -218,7 +224,10 @@ impl Core {
         }
         let conn = self.conn_mut(key).expect("live above");
         if conn.out.len() + rest.len() > max_output {
-            log::warn!("{}: output limit of {max_output} bytes reached", ConnId(key));
+            log::warn!(
+                "{}: output limit of {max_output} bytes reached",
+                ConnId(key)
+            );
             self.kill(key, CloseReason::OutputLimit);
             return false;
         }
@@ -310,7 +319,10 @@ impl Core {
         conn.out.clear();
         if conn.stream.is_tcp() {
             // SO_LINGER 0: close sends RST instead of FIN.
-            let _ = conn.stream.sock().set_linger(Some(std::time::Duration::ZERO));
+            let _ = conn
+                .stream
+                .sock()
+                .set_linger(Some(std::time::Duration::ZERO));
         }
         self.kill(key, CloseReason::Aborted);
     }
@@ -353,7 +365,9 @@ impl Core {
 
     pub(crate) fn arm_idle_timer(&mut self, key: Key) {
         if let Some(idle) = self.config.idle_timeout {
-            let timer = self.timers.insert(self.now + idle, None, TimerKind::Idle(key));
+            let timer = self
+                .timers
+                .insert(self.now + idle, None, TimerKind::Idle(key));
             if let Some(conn) = self.conn_mut(key) {
                 conn.timer = Some(timer);
             }

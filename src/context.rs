@@ -136,7 +136,11 @@ impl Context<'_> {
     }
 
     /// Listens on a TCP address with explicit options (backlog, SO_REUSEPORT, ...).
-    pub fn listen_with(&mut self, addr: SocketAddr, opts: &ListenOptions) -> io::Result<ListenerId> {
+    pub fn listen_with(
+        &mut self,
+        addr: SocketAddr,
+        opts: &ListenOptions,
+    ) -> io::Result<ListenerId> {
         let l = sockopt::tcp_listener(addr, opts, &self.core.config)?;
         self.add_listener(Listener::Tcp(l))
     }
@@ -154,7 +158,9 @@ impl Context<'_> {
             socket,
             backing_off: false,
         };
-        self.core.register_entry(Kind::Listener(entry)).map(ListenerId)
+        self.core
+            .register_entry(Kind::Listener(entry))
+            .map(ListenerId)
     }
 
     /// The address a listener is bound to (after port 0, the port it got).

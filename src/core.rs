@@ -7,10 +7,10 @@
 //! stale tokens and dead entries are all dropped in one place.
 
 use crate::conn::{Conn, State};
-use crate::udp::Dgram;
 use crate::listener::ListenerEntry;
 use crate::stream::Stream;
 use crate::timers::Timers;
+use crate::udp::Dgram;
 use crate::{CloseReason, Config, ConnId, Context, Handler, ListenerId, Stats, token::Key};
 use mio::{Interest, Registry};
 use slab::Slab;
@@ -162,9 +162,7 @@ impl Core {
         if !self.config.catch_panics {
             return f(handler, &mut Context { core: self });
         }
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            f(handler, &mut Context { core: self })
-        }));
+        let result = catch_unwind(AssertUnwindSafe(|| f(handler, &mut Context { core: self })));
         if result.is_err() {
             self.stats.panics += 1;
             match blame {
@@ -239,7 +237,9 @@ impl Core {
         if state == State::Connecting {
             self.stats.connects_started += 1;
             if let Some(t) = self.config.connect_timeout {
-                let timer = self.timers.insert(self.now + t, None, TimerKind::Connect(key));
+                let timer = self
+                    .timers
+                    .insert(self.now + t, None, TimerKind::Connect(key));
                 if let Some(conn) = self.conn_mut(key) {
                     conn.timer = Some(timer);
                 }
@@ -256,7 +256,10 @@ impl Core {
             Some(Kind::Dgram(d)) => d.socket.source(),
             _ => unreachable!("listeners and datagram sockets only"),
         };
-        if let Err(e) = self.registry.register(source, key.token(), Interest::READABLE) {
+        if let Err(e) = self
+            .registry
+            .register(source, key.token(), Interest::READABLE)
+        {
             self.slab.remove(key.slot as usize);
             return Err(e);
         }

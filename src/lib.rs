@@ -56,3 +56,8 @@ pub use sockopt::{ListenOptions, UdpOptions};
 pub use stats::{ClosedCounts, Stats};
 pub use timers::TimerId;
 pub use token::{ConnId, ListenerId, UdpId};
+
+/// The README's examples compile (`cargo test` runs them as doctests).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -81,7 +81,11 @@ pub(crate) fn accept<H: Handler>(core: &mut Core, handler: &mut H, key: Key) {
                 core.stats.accept_descriptor_errors += 1;
                 let at = core.now + core.config.accept_retry;
                 core.timers.insert(at, None, TimerKind::AcceptRetry(key));
-                log::warn!("accept on {}: {e}; retrying in {:?}", ListenerId(key), core.config.accept_retry);
+                log::warn!(
+                    "accept on {}: {e}; retrying in {:?}",
+                    ListenerId(key),
+                    core.config.accept_retry
+                );
                 return;
             }
             Err(e) if transient(&e) => log::debug!("accept on {}: {e}", ListenerId(key)),

@@ -214,12 +214,18 @@ impl<H: Handler> EventLoop<H> {
                 }
                 token => {
                     let key = Key::from_token(token);
-                    dispatch(core, &mut self.handler, &mut self.buf, key, Ready::of(event));
+                    dispatch(
+                        core,
+                        &mut self.handler,
+                        &mut self.buf,
+                        key,
+                        Ready::of(event),
+                    );
                 }
             }
         }
         // 4. Fire due timers.
-        fire_timers(core, &mut self.handler, &mut self.buf);
+        fire_timers(core, &mut self.handler);
         // 5. Run work posted from other threads.
         if woken {
             for task in self.shared.take_tasks() {
@@ -301,8 +307,16 @@ fn dispatch<H: Handler>(core: &mut Core, h: &mut H, buf: &mut [u8], key: Key, re
     }
 }
 
-fn fire_timers<H: Handler>(core: &mut Core, h: &mut H, buf: &mut [u8]) {
-    while let Some((id, kind)) = core.timers.pop_expired(core.now) {
+/// Fires the timers due at the tick's `now`. A callback may set a timer that is due at
+/// once; the budget (timers pending at the start) leaves such ones to the next tick rather
+/// than looping forever.
+fn fire_timers<H: Handler>(core: &mut Core, h: &mut H) {
+    let mut budget = core.timers.len();
+    while budget > 0 {
+        budget -= 1;
+        let Some((id, kind)) = core.timers.pop_expired(core.now) else {
+            break;
+        };
         match kind {
             TimerKind::User => core.invoke(h, None, |h, cx| h.on_timer(cx, id)),
             TimerKind::Idle(key) => core.idle_check(key),
@@ -311,7 +325,6 @@ fn fire_timers<H: Handler>(core: &mut Core, h: &mut H, buf: &mut [u8]) {
             TimerKind::ShutdownDeadline => core.shutdown_deadline(),
         }
     }
-    let _ = buf;
 }
 
 /// Runs `on_close` for each entry marked dead this tick (and any its callbacks kill in
@@ -407,3 +420,7 @@ impl Core {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "reactor_tests.rs"]
+mod tests;

@@ -97,7 +97,9 @@ pub(crate) fn recv<H: Handler>(core: &mut Core, handler: &mut H, buf: &mut [u8],
             }
             Ok((n, from)) => {
                 core.stats.datagrams_in += 1;
-                core.invoke(handler, None, |h, cx| h.on_datagram(cx, id, &buf[..n], &from));
+                core.invoke(handler, None, |h, cx| {
+                    h.on_datagram(cx, id, &buf[..n], &from)
+                });
             }
             // Drained.
             Err(e) if would_block(&e) => return,
@@ -141,7 +143,8 @@ impl Core {
             d.writable_armed = true;
             let token = key.token();
             let interest = mio::Interest::READABLE | mio::Interest::WRITABLE;
-            self.registry.reregister(d.socket.source(), token, interest)?;
+            self.registry
+                .reregister(d.socket.source(), token, interest)?;
         }
         Ok(())
     }

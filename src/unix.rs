@@ -12,15 +12,19 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
 pub(crate) fn bind_listener(path: &Path) -> io::Result<UnixListener> {
-    bind_replacing_stale(path, |p: &Path| UnixListener::bind(p), |p: &Path| {
-        std::os::unix::net::UnixStream::connect(p).map(drop)
-    })
+    bind_replacing_stale(
+        path,
+        |p: &Path| UnixListener::bind(p),
+        |p: &Path| std::os::unix::net::UnixStream::connect(p).map(drop),
+    )
 }
 
 pub(crate) fn bind_datagram(path: &Path) -> io::Result<UnixDatagram> {
-    bind_replacing_stale(path, |p: &Path| UnixDatagram::bind(p), |p: &Path| {
-        std::os::unix::net::UnixDatagram::unbound()?.connect(p)
-    })
+    bind_replacing_stale(
+        path,
+        |p: &Path| UnixDatagram::bind(p),
+        |p: &Path| std::os::unix::net::UnixDatagram::unbound()?.connect(p),
+    )
 }
 
 fn bind_replacing_stale<S>(

@@ -35,14 +35,18 @@ pub fn spawn<H: Handler + Send + 'static>(el: EventLoop<H>) -> Running<H> {
 
 impl<H: Handler + Send + 'static> Running<H> {
     /// Stops the loop and gives it back (handler, stats, slab) for final checks.
-    pub fn stop(mut self) -> EventLoop<H> {
+    pub fn stop(self) -> EventLoop<H> {
         self.handle.stop().expect("loop alive");
         self.join()
     }
 
     /// Waits for the loop to return by itself (after a graceful shutdown).
     pub fn join(mut self) -> EventLoop<H> {
-        self.thread.take().unwrap().join().expect("loop thread panicked")
+        self.thread
+            .take()
+            .unwrap()
+            .join()
+            .expect("loop thread panicked")
     }
 }
 
@@ -116,7 +120,9 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
 
 /// Descriptors this process has open now.
 pub fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 pub fn localhost() -> SocketAddr {

@@ -1,0 +1,135 @@
+//! Deterministic tests of the tick that need the loop's insides: events are injected by
+//! token, as if poll had returned them, so orderings that real sockets make rare are exact.
+
+use super::*;
+use crate::conn::State;
+use crate::stream::Stream;
+use crate::{CloseReason, ConnId};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+#[derive(Default)]
+struct Rec {
+    opens: Vec<ConnId>,
+    data: Vec<(ConnId, Vec<u8>)>,
+    closes: Vec<ConnId>,
+}
+
+impl Handler for Rec {
+    fn on_open(&mut self, _cx: &mut Context<'_>, conn: ConnId) {
+        self.opens.push(conn);
+    }
+    fn on_data(&mut self, _cx: &mut Context<'_>, conn: ConnId, data: &[u8]) {
+        self.data.push((conn, data.to_vec()));
+    }
+    fn on_close(&mut self, _cx: &mut Context<'_>, conn: ConnId, _reason: &CloseReason) {
+        self.closes.push(conn);
+    }
+}
+
+fn tick_until(el: &mut EventLoop<Rec>, mut done: impl FnMut(&Rec) -> bool) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while !done(el.handler()) {
+        assert!(Instant::now() < end, "condition not reached");
+        el.run_once(Some(Duration::from_millis(50))).unwrap();
+    }
+}
+
+/// B is closed by a callback; C takes B's slot; an event still carrying B's token (as a
+/// poll batch gathered before B closed would) reaches nobody, and C's bytes go to C only.
+#[test]
+fn stale_token_never_reaches_the_entry_that_reused_its_slot() {
+    let mut el = EventLoop::new(Rec::default()).unwrap();
+    let l = el.listen("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = el.context().listener_addr(l).unwrap().as_inet().unwrap();
+
+    let _b_client = TcpStream::connect(addr).unwrap();
+    tick_until(&mut el, |h| h.opens.len() == 1);
+    let b = el.handler().opens[0];
+    el.context().send(b, b"queued for B");
+    el.context().abort(b);
+    el.run_once(Some(Duration::ZERO)).unwrap(); // reaps B, frees its slot
+    assert_eq!(el.handler().closes, [b]);
+
+    let mut c_client = TcpStream::connect(addr).unwrap();
+    c_client.write_all(b"C's bytes").unwrap();
+    tick_until(&mut el, |h| h.opens.len() == 2);
+    let c = el.handler().opens[1];
+    assert_eq!(c.slot(), b.slot(), "slab reuses the freed slot");
+    assert_ne!(c.generation(), b.generation());
+
+    let everything = Ready {
+        readable: true,
+        writable: true,
+        read_closed: true,
+        error: true,
+    };
+    el.inject(b.0.token(), everything);
+    assert!(el.handler().data.is_empty(), "B's stale event read nothing");
+    assert_eq!(el.handler().closes, [b], "and closed nothing");
+
+    tick_until(&mut el, |h| !h.data.is_empty());
+    assert!(el.handler().data.iter().all(|(id, _)| *id == c));
+    let mut c_client = c_client;
+    c_client
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert!(c_client.read(&mut buf).is_err(), "C got none of B's queue");
+}
+
+/// Calls with a dead id do nothing, even after the slot is reused.
+#[test]
+fn dead_ids_are_inert() {
+    let mut el = EventLoop::new(Rec::default()).unwrap();
+    let l = el.listen("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = el.context().listener_addr(l).unwrap().as_inet().unwrap();
+    let _b = TcpStream::connect(addr).unwrap();
+    tick_until(&mut el, |h| h.opens.len() == 1);
+    let b = el.handler().opens[0];
+    el.context().close(b);
+    el.run_once(Some(Duration::ZERO)).unwrap();
+    let _c = TcpStream::connect(addr).unwrap();
+    tick_until(&mut el, |h| h.opens.len() == 2);
+    let mut cx = el.context();
+    assert!(!cx.send(b, b"x"));
+    assert!(cx.peer_addr(b).is_err());
+    assert_eq!(cx.queued(b), None);
+    cx.close(b);
+    cx.abort(b);
+    el.run_once(Some(Duration::ZERO)).unwrap();
+    assert_eq!(el.handler().closes, [b], "C was not closed through B's id");
+}
+
+/// WRITABLE is in the interest set exactly while bytes are queued.
+#[test]
+fn writable_interest_only_while_bytes_are_queued() {
+    let mut el = EventLoop::new(Rec::default()).unwrap();
+    let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    let stream = Stream::Unix(mio::net::UnixStream::from_std(ours));
+    let key = el.core().register_conn(stream, State::Open, None).unwrap();
+    let id = ConnId(key);
+    assert!(!el.core().conn_mut(key).unwrap().writable_armed);
+
+    assert!(el.context().send(id, &vec![5u8; 4 << 20]));
+    let queued = el.context().queued(id).unwrap();
+    assert!(queued > 0, "a socketpair can't take 4 MiB at once");
+    assert!(el.core().conn_mut(key).unwrap().writable_armed);
+
+    theirs
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = 0;
+    let mut buf = vec![0u8; 1 << 16];
+    while got < 4 << 20 {
+        got += theirs.read(&mut buf).unwrap();
+        let writable = Ready {
+            writable: true,
+            ..Ready::default()
+        };
+        el.inject(key.token(), writable);
+    }
+    assert_eq!(el.context().queued(id), Some(0));
+    assert!(!el.core().conn_mut(key).unwrap().writable_armed);
+}

@@ -128,3 +128,73 @@ pub fn open_fds() -> usize {
 pub fn localhost() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
+
+/// An example program running as a child process; killed when dropped.
+pub struct Example {
+    pub child: std::process::Child,
+    /// The address from its first "listening on ADDR" log line.
+    pub addr: SocketAddr,
+    /// Its stderr lines after that one, as they come.
+    pub log: Receiver<String>,
+}
+
+impl Drop for Example {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Path of a built example (`cargo test` builds examples into target/<profile>/examples).
+pub fn example_path(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test-binary> -> target/<profile>/examples/<name>
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let path = dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo test` (which builds examples) or `cargo build --examples`",
+        path.display()
+    );
+    path
+}
+
+/// Starts example `name` with `args` (pass `--addr 127.0.0.1:0` so it picks a free port)
+/// and waits for its "listening on ADDR" line on stderr. `RUST_LOG` is set to info.
+pub fn start_example(name: &str, args: &[&str]) -> Example {
+    start_example_with(std::process::Command::new(example_path(name)).args(args))
+}
+
+/// As `start_example`, for a command built by the caller (e.g. `sh -c 'ulimit -n 64; exec ...'`).
+pub fn start_example_with(cmd: &mut std::process::Command) -> Example {
+    use std::io::BufRead;
+    let mut child = cmd
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn example");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let line = recv_until(&rx, |l: &String| l.contains("listening on "));
+    let addr = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    Example {
+        child,
+        addr,
+        log: rx,
+    }
+}

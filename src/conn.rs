@@ -56,6 +56,19 @@ pub(crate) struct Conn {
     pub(crate) congested: bool,
     /// `shutdown_write` was asked for: FIN once the queue is empty.
     pub(crate) shutdown_write: bool,
+    /// `close` was called while connecting with bytes queued: once connected, flush them and
+    /// close (state `Closing`) instead of dropping them.
+    pub(crate) close_when_open: bool,
+    /// Watermarks and output cap set by `Context::set_output_limits`; `None`: the config's.
+    pub(crate) limits: Option<OutputLimits>,
+}
+
+/// Per-connection override of `Config::{high_watermark, low_watermark, max_output}`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct OutputLimits {
+    pub(crate) high: usize,
+    pub(crate) low: usize,
+    pub(crate) max_output: usize,
 }
 
 impl Conn {
@@ -79,6 +92,8 @@ impl Conn {
             paused: false,
             congested: false,
             shutdown_write: false,
+            close_when_open: false,
+            limits: None,
         }
     }
 
@@ -178,7 +193,11 @@ fn finish_connect<H: Handler>(core: &mut Core, handler: &mut H, key: Key) {
         core.kill(key, CloseReason::ConnectFailed(e));
         return;
     }
-    conn.state = State::Open;
+    conn.state = if conn.close_when_open {
+        State::Closing
+    } else {
+        State::Open
+    };
     let timer = conn.timer.take();
     if let Some(t) = timer {
         core.timers.cancel(t);
@@ -197,7 +216,10 @@ impl Core {
         let Some(Kind::Conn(conn)) = live_in(&mut self.slab, key) else {
             return false;
         };
-        if conn.state == State::Closing || conn.shutdown_write {
+        let (max_output, high) = conn
+            .limits
+            .map_or((max_output, high), |l| (l.max_output, l.high));
+        if conn.state == State::Closing || conn.shutdown_write || conn.close_when_open {
             return false;
         }
         let mut rest = data;
@@ -249,6 +271,7 @@ impl Core {
         let Some(Kind::Conn(conn)) = live_in(&mut self.slab, key) else {
             return false;
         };
+        let low = conn.limits.map_or(low, |l| l.low);
         if conn.state == State::Connecting {
             return false;
         }
@@ -303,6 +326,11 @@ impl Core {
             conn.state = State::Closing;
             return;
         }
+        if conn.state == State::Connecting && !conn.out.is_empty() {
+            // Sends made while connecting are owed too: flush them once connected.
+            conn.close_when_open = true;
+            return;
+        }
         let reason = if conn.eof {
             CloseReason::PeerClosed
         } else {
@@ -313,18 +341,23 @@ impl Core {
 
     /// Drop the queue and reset the connection now.
     pub(crate) fn conn_abort(&mut self, key: Key) {
+        self.conn_reset(key, CloseReason::Aborted);
+    }
+
+    /// Drops the queue and closes with RST (SO_LINGER 0) rather than FIN, so nothing the
+    /// kernel still holds trickles out afterwards: abort, shutdown deadline, panics.
+    pub(crate) fn conn_reset(&mut self, key: Key, reason: CloseReason) {
         let Some(conn) = self.conn_mut(key) else {
             return;
         };
         conn.out.clear();
         if conn.stream.is_tcp() {
-            // SO_LINGER 0: close sends RST instead of FIN.
             let _ = conn
                 .stream
                 .sock()
                 .set_linger(Some(std::time::Duration::ZERO));
         }
-        self.kill(key, CloseReason::Aborted);
+        self.kill(key, reason);
     }
 
     /// FIN after the queue drains, keep reading.
@@ -336,6 +369,30 @@ impl Core {
         if conn.out.is_empty() && conn.state == State::Open {
             let _ = conn.stream.shutdown(std::net::Shutdown::Write);
         }
+    }
+
+    /// `Context::set_output_limits`: the new marks apply from the next send or flush; a
+    /// queue already above the new high mark is congested now (a WRITABLE edge is pending
+    /// for it, so the flush that clears it will come).
+    pub(crate) fn conn_set_limits(
+        &mut self,
+        key: Key,
+        high: usize,
+        low: usize,
+        max: usize,
+    ) -> bool {
+        let Some(conn) = self.conn_mut(key) else {
+            return false;
+        };
+        conn.limits = Some(OutputLimits {
+            high,
+            low: low.min(high),
+            max_output: max,
+        });
+        if conn.out.len() > high {
+            conn.congested = true;
+        }
+        true
     }
 
     pub(crate) fn conn_set_paused(&mut self, key: Key, paused: bool) {

@@ -77,7 +77,7 @@ impl Context<'_> {
     pub fn is_open(&mut self, conn: ConnId) -> bool {
         self.core
             .conn_mut(conn.0)
-            .is_some_and(|c| c.state != State::Closing)
+            .is_some_and(|c| c.state != State::Closing && !c.close_when_open)
     }
 
     /// The peer's address (getpeername).
@@ -99,6 +99,62 @@ impl Context<'_> {
     /// (`socket2::SockRef` borrows it; don't close it or change its blocking mode).
     pub fn socket(&mut self, conn: ConnId) -> io::Result<socket2::SockRef<'_>> {
         Ok(self.conn(conn)?.stream.sock())
+    }
+
+    /// TCP_NODELAY (Nagle off). Default: on for every TCP connection
+    /// ([`Config::nodelay`](crate::Config::nodelay)). An error on a Unix stream.
+    pub fn set_nodelay(&mut self, conn: ConnId, on: bool) -> io::Result<()> {
+        self.conn(conn)?.stream.sock().set_tcp_nodelay(on)
+    }
+
+    /// TCP keepalive: `Some(idle)` turns SO_KEEPALIVE on with the first probe after `idle`
+    /// without traffic (TCP_KEEPIDLE); `None` turns it off. Default: off (system default).
+    pub fn set_keepalive(&mut self, conn: ConnId, idle: Option<Duration>) -> io::Result<()> {
+        let sock = self.conn(conn)?.stream.sock();
+        match idle {
+            Some(t) => sock.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(t)),
+            None => sock.set_keepalive(false),
+        }
+    }
+
+    /// SO_RCVBUF in bytes (Linux doubles it and caps it at `net.core.rmem_max`; setting it
+    /// turns off the kernel's autotuning). Default: the system's, autotuned.
+    pub fn set_recv_buffer_size(&mut self, conn: ConnId, bytes: usize) -> io::Result<()> {
+        self.conn(conn)?.stream.sock().set_recv_buffer_size(bytes)
+    }
+
+    /// SO_SNDBUF in bytes (as [`set_recv_buffer_size`](Self::set_recv_buffer_size)). A
+    /// small send buffer makes the loop's own queue, and so backpressure, kick in sooner.
+    pub fn set_send_buffer_size(&mut self, conn: ConnId, bytes: usize) -> io::Result<()> {
+        self.conn(conn)?.stream.sock().set_send_buffer_size(bytes)
+    }
+
+    /// IP_TTL (IPv4) or IPV6_UNICAST_HOPS (IPv6) of a TCP connection. Default: the system's
+    /// (usually 64).
+    pub fn set_ttl(&mut self, conn: ConnId, ttl: u32) -> io::Result<()> {
+        let c = self.conn(conn)?;
+        match c.stream.local_addr()?.as_inet() {
+            Some(SocketAddr::V6(_)) => c.stream.sock().set_unicast_hops_v6(ttl),
+            Some(SocketAddr::V4(_)) => c.stream.sock().set_ttl_v4(ttl),
+            None => Err(io::ErrorKind::Unsupported.into()),
+        }
+    }
+
+    /// Overrides [`Config::high_watermark`](crate::Config::high_watermark),
+    /// [`low_watermark`](crate::Config::low_watermark) and
+    /// [`max_output`](crate::Config::max_output) for this connection only (a bulk-transfer
+    /// peer may get a bigger queue, an untrusted one a smaller cap). `low` is clamped to
+    /// `high`. Takes effect at the next send or flush; a queue already above the new `high`
+    /// makes the connection congested at once, and one already above the new `max_output`
+    /// is not cut, but the next send closes it. Returns `false` if `conn` is not open.
+    pub fn set_output_limits(
+        &mut self,
+        conn: ConnId,
+        high: usize,
+        low: usize,
+        max_output: usize,
+    ) -> bool {
+        self.core.conn_set_limits(conn.0, high, low, max_output)
     }
 
     /// Starts a non-blocking TCP connect (the event-loop connect_ex). The connection is

@@ -61,6 +61,9 @@ pub(crate) enum TimerKind {
 /// Graceful shutdown under way.
 pub(crate) struct Shutdown {
     pub(crate) deadline_passed: bool,
+    /// The deadline timer: cancelled if the shutdown finishes first, so it cannot cut a
+    /// later shutdown short.
+    pub(crate) timer: Option<crate::timers::TimerId>,
 }
 
 pub(crate) struct Core {
@@ -168,18 +171,11 @@ impl Core {
             match blame {
                 Some(key) => {
                     log::error!("handler panicked; closing {}", ConnId(key));
-                    self.conn_abort_quiet(key);
+                    self.conn_reset(key, CloseReason::Panicked);
                 }
                 None => log::error!("handler panicked"),
             }
         }
-    }
-
-    fn conn_abort_quiet(&mut self, key: Key) {
-        if let Some(conn) = self.conn_mut(key) {
-            conn.out.clear();
-        }
-        self.kill(key, CloseReason::Panicked);
     }
 
     /// Registers a new connection and hands it to `on_open` (accepted ones) or waits for

@@ -236,7 +236,9 @@ impl<H: Handler> EventLoop<H> {
         reap(core, &mut self.handler, &mut self.buf);
         // 7. A graceful shutdown ends when the last connection has gone.
         if core.shutdown.is_some() && core.stats.connections_open == 0 {
-            core.shutdown = None;
+            if let Some(t) = core.shutdown.take().and_then(|s| s.timer) {
+                core.timers.cancel(t);
+            }
             core.stopped = true;
         }
         Ok(())
@@ -373,6 +375,7 @@ impl Core {
         log::info!("graceful shutdown: {deadline:?} for peers to take their bytes");
         self.shutdown = Some(Shutdown {
             deadline_passed: false,
+            timer: None,
         });
         let keys: Vec<(Key, bool)> = self
             .slab
@@ -395,7 +398,10 @@ impl Core {
             }
         }
         let at = self.now + deadline;
-        self.timers.insert(at, None, TimerKind::ShutdownDeadline);
+        let timer = self.timers.insert(at, None, TimerKind::ShutdownDeadline);
+        if let Some(s) = &mut self.shutdown {
+            s.timer = Some(timer);
+        }
     }
 
     fn shutdown_deadline(&mut self) {
@@ -416,7 +422,7 @@ impl Core {
             log::warn!("shutdown deadline: cutting off {} connections", keys.len());
         }
         for key in keys {
-            self.kill(key, crate::CloseReason::Shutdown);
+            self.conn_reset(key, crate::CloseReason::Shutdown);
         }
     }
 }

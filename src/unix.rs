@@ -15,7 +15,9 @@ pub(crate) fn bind_listener(path: &Path) -> io::Result<UnixListener> {
     bind_replacing_stale(
         path,
         |p: &Path| UnixListener::bind(p),
-        |p: &Path| std::os::unix::net::UnixStream::connect(p).map(drop),
+        // Non-blocking: a blocking connect to a live listener whose backlog is full waits
+        // (on the loop thread) until it accepts; non-blocking it is `WouldBlock`, in use.
+        |p: &Path| mio::net::UnixStream::connect(p).map(drop),
     )
 }
 

@@ -133,3 +133,12 @@ fn writable_interest_only_while_bytes_are_queued() {
     assert_eq!(el.context().queued(id), Some(0));
     assert!(!el.core().conn_mut(key).unwrap().writable_armed);
 }
+
+/// An idle connection costs its slab slot and nothing else in user space (no read buffer,
+/// no output buffer): keep the slot within the 256-byte budget.
+#[test]
+fn idle_connection_fits_the_memory_budget() {
+    let slot = std::mem::size_of::<crate::core::Entry>() + std::mem::size_of::<usize>();
+    assert!(slot <= 256, "a slab slot is {slot} bytes");
+    assert_eq!(crate::outbuf::OutBuf::new().capacity(), 0);
+}

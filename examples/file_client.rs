@@ -1,0 +1,166 @@
+//! File client: downloads one file from `file_server`, writing it to disk as it arrives.
+//!
+//! ```text
+//! cargo run --release --example file_server -- --root /some/dir        # on 127.0.0.1:7003
+//! cargo run --release --example file_client -- notes.txt --out /tmp/notes.txt
+//! ```
+//!
+//! Options: `--addr ADDR` (default 127.0.0.1:7003), `--out FILE` (default: the file's name,
+//! in the current directory). The connection is the loop's own outbound `connect`: `on_open`
+//! sends `GET <path>`, `on_data` reads the `OK <size>` line and appends the body to the
+//! output file chunk by chunk, so a file of any size needs no more memory than one read.
+//! Exit status 0 when exactly `size` bytes arrived; 1, with the reason on stderr, if the
+//! server said `ERR`, the connection failed, or it closed early (the partial file is removed).
+
+use evloop::{CloseReason, ConnId, Context, EventLoop, Handler, LineDecoder};
+use std::fs::File;
+use std::io::Write;
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::time::Instant;
+
+struct Download {
+    path: String,
+    out: PathBuf,
+    header: LineDecoder,
+    /// Open once the server said OK.
+    file: Option<File>,
+    size: u64,
+    received: u64,
+    /// Set when the download ended, well or not.
+    outcome: Option<Result<(), String>>,
+}
+
+impl Download {
+    /// Takes one read's worth of reply: the header line first, then body bytes.
+    fn take(&mut self, data: &[u8]) -> Result<(), String> {
+        let mut body = data;
+        if self.file.is_none() {
+            let mut header = None;
+            let used = self.header.feed(data, |line| {
+                header = Some(line.map(|l| String::from_utf8_lossy(l).into_owned()));
+                ControlFlow::Break(())
+            });
+            let Some(header) = header else {
+                return Ok(()); // the header line is not complete yet
+            };
+            let header = header.map_err(|_| "reply header too long".to_string())?;
+            if let Some(reason) = header.strip_prefix("ERR ") {
+                return Err(format!("server: {reason}"));
+            }
+            let size = header.strip_prefix("OK ").and_then(|n| n.parse().ok());
+            self.size = size.ok_or(format!("bad reply header {header:?}"))?;
+            let file = File::create(&self.out);
+            self.file = Some(file.map_err(|e| format!("{}: {e}", self.out.display()))?);
+            body = &data[used..];
+        }
+        if body.len() as u64 > self.size - self.received {
+            return Err("server sent more than it announced".into());
+        }
+        let file = self.file.as_mut().expect("opened above");
+        file.write_all(body)
+            .map_err(|e| format!("{}: {e}", self.out.display()))?;
+        self.received += body.len() as u64;
+        Ok(())
+    }
+
+    fn finish(&mut self, cx: &mut Context<'_>, conn: ConnId, outcome: Result<(), String>) {
+        self.outcome.get_or_insert(outcome);
+        cx.close(conn); // on_close stops the loop
+    }
+}
+
+impl Handler for Download {
+    fn on_open(&mut self, cx: &mut Context<'_>, conn: ConnId) {
+        cx.send(conn, format!("GET {}\n", self.path).as_bytes());
+    }
+
+    fn on_data(&mut self, cx: &mut Context<'_>, conn: ConnId, data: &[u8]) {
+        match self.take(data) {
+            Err(e) => self.finish(cx, conn, Err(e)),
+            Ok(()) if self.file.is_some() && self.received == self.size => {
+                self.finish(cx, conn, Ok(()))
+            }
+            Ok(()) => {}
+        }
+    }
+
+    fn on_close(&mut self, cx: &mut Context<'_>, _conn: ConnId, reason: &CloseReason) {
+        let (received, size) = (self.received, self.size);
+        self.outcome.get_or_insert_with(|| match self.file {
+            None => Err(reason.to_string()),
+            Some(_) => Err(format!("{reason} after {received} of {size} bytes")),
+        });
+        cx.stop();
+    }
+}
+
+const USAGE: &str = "usage: file_client [--addr ADDR] PATH [--out FILE]";
+
+fn parse_args() -> Result<(std::net::SocketAddr, String, Option<PathBuf>), String> {
+    let mut addr = "127.0.0.1:7003".parse().unwrap();
+    let (mut path, mut out) = (None, None);
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            "--addr" | "--out" => {
+                let value = it.next().ok_or(format!("{arg} needs a value\n{USAGE}"))?;
+                if arg == "--out" {
+                    out = Some(PathBuf::from(value));
+                } else {
+                    addr = value.parse().map_err(|e| format!("--addr {value}: {e}"))?;
+                }
+            }
+            _ if arg.starts_with("--") || path.is_some() => {
+                return Err(format!("unexpected {arg}\n{USAGE}"));
+            }
+            _ => path = Some(arg),
+        }
+    }
+    Ok((addr, path.ok_or(USAGE)?, out))
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let (addr, path, out) = parse_args().unwrap_or_else(|e| {
+        eprintln!("{e}");
+        std::process::exit(2);
+    });
+    let name = std::path::Path::new(&path).file_name();
+    let out = out.unwrap_or_else(|| PathBuf::from(name.unwrap_or("download".as_ref())));
+    let fail = |e: &dyn std::fmt::Display| -> ! {
+        eprintln!("file_client: cannot download {path} from {addr}: {e}");
+        std::process::exit(1);
+    };
+    let started = Instant::now();
+    let download = Download {
+        path: path.clone(),
+        out: out.clone(),
+        header: LineDecoder::new(4096),
+        file: None,
+        size: 0,
+        received: 0,
+        outcome: None,
+    };
+    let mut el = EventLoop::new(download).unwrap_or_else(|e| fail(&e));
+    el.connect(addr).unwrap_or_else(|e| fail(&e));
+    el.run().unwrap_or_else(|e| fail(&e));
+    let d = el.handler();
+    if let Some(Err(e)) = &d.outcome {
+        if d.file.is_some() {
+            let _ = std::fs::remove_file(&out); // don't leave a partial file behind
+        }
+        fail(e);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let rate = d.received as f64 / secs.max(1e-9) / 1e6;
+    println!(
+        "{path}: {} bytes in {secs:.3} s ({rate:.1} MB/s) -> {}",
+        d.received,
+        out.display()
+    );
+}

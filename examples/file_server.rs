@@ -1,0 +1,216 @@
+//! File server: `GET <path>\n` is answered with `OK <size>\n` and exactly that many bytes,
+//! or with `ERR <reason>\n`, for regular files under one root directory, however large.
+//!
+//! ```text
+//! cargo run --release --example file_server -- --root /some/dir     # on 127.0.0.1:7003
+//! cargo run --release --example file_client -- notes.txt --out /tmp/notes.txt
+//! printf 'GET notes.txt\nGET nope\n' | nc -N 127.0.0.1 7003   # two answers, in order
+//! ```
+//!
+//! Options: `--addr ADDR` (default 127.0.0.1:7003), `--root DIR` (default `.`).
+//!
+//! - **Confinement.** A path must be relative without `..`; canonicalized (symlinks resolved)
+//!   it must still lie under the canonical root, and be a regular file (opened O_NONBLOCK, so
+//!   a FIFO can't block the loop).
+//! - **Streaming.** Files are read in 64 KiB chunks into one shared buffer and sent while the
+//!   connection is not congested; `on_drain` goes on once its queue has drained, so a client
+//!   that stops reading costs ~128 KiB of queue, not the file. A turn sends at most 1 MiB,
+//!   then a zero-delay timer goes on: a fast reader can't hold the loop.
+//! - **Order.** Input is queued per connection (`pending`) and decoded one line at a time;
+//!   while a file streams or replies pile up, reading is paused (`pause_read`) and the lines
+//!   already read wait in `pending`. Disk reads block the loop: fine from the page cache.
+
+use evloop::{CloseReason, ConnId, Context, EventLoop, Handler, LineDecoder, TimerId};
+use std::collections::{HashMap, VecDeque};
+use std::io::{ErrorKind, Read};
+use std::os::unix::{ffi::OsStrExt, fs::OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::{fs::File, ops::ControlFlow, time::Duration};
+
+const CHUNK: usize = 64 * 1024;
+const CHUNKS_PER_TURN: usize = 16;
+const MAX_REQUEST: usize = 4096;
+
+struct Session {
+    decoder: LineDecoder,
+    /// Bytes received and not decoded yet (held back while busy).
+    pending: VecDeque<u8>,
+    /// The file being sent, limited to the size announced.
+    download: Option<std::io::Take<File>>,
+}
+
+struct FileServer {
+    root: PathBuf,
+    sessions: HashMap<ConnId, Session>,
+    /// Zero-delay timers that continue a download after its turn.
+    turns: HashMap<TimerId, ConnId>,
+    chunk: Vec<u8>,
+}
+
+/// Resolves `GET <path>` to an open regular file under `root`, or a reason to refuse.
+fn open_request(root: &Path, line: &[u8]) -> Result<(File, u64), &'static str> {
+    let rel = line.strip_prefix(b"GET ").filter(|p| !p.is_empty());
+    let rel = Path::new(std::ffi::OsStr::from_bytes(rel.ok_or("bad request")?));
+    let plain = |c| matches!(c, Component::Normal(_) | Component::CurDir);
+    if !rel.components().all(plain) {
+        return Err("forbidden"); // absolute, or a `..`
+    }
+    let io_reason = |e: std::io::Error| match e.kind() {
+        ErrorKind::NotFound | ErrorKind::NotADirectory => "not found",
+        ErrorKind::PermissionDenied => "permission denied",
+        _ => "cannot open",
+    };
+    let path = root.join(rel).canonicalize().map_err(io_reason)?;
+    if !path.starts_with(root) {
+        return Err("forbidden"); // a symlink out of the root
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(io_reason)?;
+    match file.metadata().map_err(io_reason)? {
+        meta if meta.is_file() => Ok((file, meta.len())),
+        _ => Err("not a regular file"),
+    }
+}
+
+impl FileServer {
+    /// Serves `conn` as far as it can go now: the current download, then held-back requests.
+    fn work(&mut self, cx: &mut Context<'_>, conn: ConnId) {
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        loop {
+            if let Some(dl) = &mut s.download {
+                let mut turn = CHUNKS_PER_TURN;
+                while dl.limit() > 0 && !cx.is_congested(conn) && turn > 0 {
+                    let n = dl.read(&mut self.chunk).unwrap_or(0);
+                    if n == 0 {
+                        log::warn!("{conn}: file shrank or failed: cutting the reply short");
+                        return cx.abort(conn);
+                    }
+                    if !cx.send(conn, &self.chunk[..n]) {
+                        return; // closed; on_close cleans up
+                    }
+                    turn -= 1;
+                }
+                if dl.limit() > 0 {
+                    cx.pause_read(conn);
+                    if !cx.is_congested(conn) {
+                        self.turns.insert(cx.set_timer(Duration::ZERO), conn);
+                    } // else on_drain comes back here
+                    return;
+                }
+                s.download = None;
+            }
+            if cx.is_congested(conn) {
+                cx.pause_read(conn); // replies pile up: on_drain comes back here
+                return;
+            }
+            // Take the next request line from what was held back.
+            let (mut next, root) = (None, &self.root);
+            let used = s.decoder.feed(s.pending.make_contiguous(), |frame| {
+                let line = frame.map_err(|_| "request too long");
+                next = Some(line.and_then(|line| open_request(root, line)));
+                ControlFlow::Break(())
+            });
+            s.pending.drain(..used);
+            let Some(reply) = next else {
+                cx.resume_read(conn); // all decoded (a partial line stays in the decoder)
+                return;
+            };
+            let header = match reply {
+                Ok((file, size)) => {
+                    s.download = Some(file.take(size));
+                    format!("OK {size}\n")
+                }
+                Err(reason) => format!("ERR {reason}\n"),
+            };
+            log::debug!("{conn}: {}", header.trim_end());
+            cx.send(conn, header.as_bytes());
+        }
+    }
+}
+
+impl Handler for FileServer {
+    fn on_open(&mut self, _cx: &mut Context<'_>, conn: ConnId) {
+        let session = Session {
+            decoder: LineDecoder::new(MAX_REQUEST),
+            pending: VecDeque::new(),
+            download: None,
+        };
+        self.sessions.insert(conn, session);
+    }
+
+    fn on_data(&mut self, cx: &mut Context<'_>, conn: ConnId, data: &[u8]) {
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            s.pending.extend(data);
+            self.work(cx, conn);
+        }
+    }
+
+    fn on_drain(&mut self, cx: &mut Context<'_>, conn: ConnId) {
+        self.work(cx, conn);
+    }
+
+    fn on_timer(&mut self, cx: &mut Context<'_>, timer: TimerId) {
+        if let Some(conn) = self.turns.remove(&timer) {
+            self.work(cx, conn);
+        }
+    }
+
+    fn on_close(&mut self, _cx: &mut Context<'_>, conn: ConnId, reason: &CloseReason) {
+        self.sessions.remove(&conn);
+        log::debug!("{conn} closed: {reason}");
+    }
+}
+
+const USAGE: &str = "usage: file_server [--addr ADDR] [--root DIR]";
+
+fn parse_args() -> Result<(std::net::SocketAddr, PathBuf), String> {
+    let (mut addr, mut root) = ("127.0.0.1:7003".parse().unwrap(), PathBuf::from("."));
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "--help" || flag == "-h" {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
+        let value = it.next().ok_or(format!("{flag} needs a value\n{USAGE}"))?;
+        match flag.as_str() {
+            "--addr" => addr = value.parse().map_err(|e| format!("--addr {value}: {e}"))?,
+            "--root" => root = PathBuf::from(value),
+            _ => return Err(format!("unknown option {flag}\n{USAGE}")),
+        }
+    }
+    let root = root
+        .canonicalize()
+        .map_err(|e| format!("--root {}: {e}", root.display()))?;
+    if !root.is_dir() {
+        return Err(format!("--root {}: not a directory", root.display()));
+    }
+    Ok((addr, root))
+}
+
+fn main() -> std::io::Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let (addr, root) = parse_args().unwrap_or_else(|e| {
+        eprintln!("{e}");
+        std::process::exit(2);
+    });
+    let root_shown = root.display().to_string();
+    let server = FileServer {
+        root,
+        sessions: HashMap::new(),
+        turns: HashMap::new(),
+        chunk: vec![0; CHUNK],
+    };
+    let mut el = EventLoop::new(server)?;
+    let listener = el.listen(addr)?;
+    let addr = el.context().listener_addr(listener)?;
+    log::info!("file_server listening on {addr} (root {root_shown})");
+    el.watch_signals(&[libc::SIGINT, libc::SIGTERM])?;
+    el.run()?;
+    log::info!("file_server stopped: {:?}", el.stats());
+    Ok(())
+}

@@ -35,7 +35,8 @@ pub struct Config {
     pub nodelay: bool,
     /// Queued output above which a connection counts as congested: reading from it pauses
     /// (if `pause_read_when_congested`) until the queue drains to `low_watermark`, and then
-    /// the handler's `on_drain` runs. Default 64 KiB.
+    /// the handler's `on_drain` runs. Default 64 KiB. Per connection, the three output limits
+    /// can be overridden with [`Context::set_output_limits`](crate::Context::set_output_limits).
     pub high_watermark: usize,
     /// See `high_watermark`. Default 16 KiB.
     pub low_watermark: usize,

@@ -322,6 +322,11 @@ impl Core {
         let Some(conn) = self.conn_mut(key) else {
             return;
         };
+        if conn.state == State::Closing {
+            // Already flushing towards a close (e.g. `close` again from `on_drain`): killing
+            // it now would drop the queue.
+            return;
+        }
         if conn.state == State::Open && !conn.out.is_empty() {
             conn.state = State::Closing;
             return;

@@ -97,6 +97,10 @@ impl Context<'_> {
 
     /// The connection's socket, for options evloop has no method for
     /// (`socket2::SockRef` borrows it; don't close it or change its blocking mode).
+    ///
+    /// Defaults on a new TCP connection: TCP_NODELAY on
+    /// ([`Config::nodelay`](crate::Config::nodelay)), SO_KEEPALIVE off, SO_RCVBUF, SO_SNDBUF
+    /// and TTL the system's (buffers autotuned).
     pub fn socket(&mut self, conn: ConnId) -> io::Result<socket2::SockRef<'_>> {
         Ok(self.conn(conn)?.stream.sock())
     }

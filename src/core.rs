@@ -184,13 +184,21 @@ impl Core {
     pub(crate) fn open_conn<H: Handler>(
         &mut self,
         handler: &mut H,
-        stream: Stream,
+        mut stream: Stream,
         origin: Option<ListenerId>,
     ) {
         if self.stats.connections_open >= self.config.max_connections as u64 {
             self.stats.refused += 1;
             if let Some(reply) = &self.config.refusal_reply {
                 let _ = stream.send(reply);
+                // Closing with unread input sends RST instead of FIN, and the peer loses
+                // the reply: read away what it already sent (bounded; best effort).
+                let mut scratch = [0u8; 4096];
+                for _ in 0..16 {
+                    if !matches!(stream.read(&mut scratch), Ok(n) if n > 0) {
+                        break;
+                    }
+                }
             }
             log::debug!("refused a connection: {} open", self.stats.connections_open);
             return;

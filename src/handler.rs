@@ -62,7 +62,7 @@ pub trait Handler {
         let _ = (cx, timer);
     }
 
-    /// A signal installed with [`EventLoop::shutdown_on_signals`](crate::EventLoop::shutdown_on_signals)
+    /// A signal installed with [`EventLoop::watch_signals`](crate::EventLoop::watch_signals)
     /// arrived. The default starts a graceful shutdown with a 5 s deadline.
     fn on_signal(&mut self, cx: &mut Context<'_>, signal: i32) {
         log::info!("signal {signal}: shutting down");

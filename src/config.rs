@@ -57,6 +57,10 @@ pub struct Config {
     pub connect_timeout: Option<Duration>,
     /// How long to wait before accepting again after EMFILE/ENFILE. Default 100 ms.
     pub accept_retry: Duration,
+    /// After a clean close, how long a socket that has not yet seen the peer's EOF stays
+    /// half-closed, reading away input, so that an RST cannot destroy the reply's tail
+    /// (lingering close; see `linger.rs`). Zero closes at once. Default 2 s.
+    pub linger: Duration,
     /// Catch a panic in a handler callback: the connection being handled is closed with
     /// [`CloseReason::Panicked`](crate::CloseReason::Panicked) and the loop goes on. When off,
     /// the panic unwinds out of `run()`. Default on.
@@ -83,6 +87,7 @@ impl Default for Config {
             idle_timeout: None,
             connect_timeout: Some(Duration::from_secs(10)),
             accept_retry: Duration::from_millis(100),
+            linger: Duration::from_secs(2),
             catch_panics: true,
         }
     }

@@ -7,6 +7,7 @@
 //! stale tokens and dead entries are all dropped in one place.
 
 use crate::conn::{Conn, State};
+use crate::linger::Linger;
 use crate::listener::ListenerEntry;
 use crate::stream::Stream;
 use crate::timers::Timers;
@@ -38,6 +39,8 @@ pub(crate) enum Kind {
     Listener(ListenerEntry),
     Conn(Conn),
     Dgram(Dgram),
+    /// A cleanly closed connection's socket, half-closed, waiting for the peer's EOF.
+    Linger(Linger),
 }
 
 pub(crate) struct Entry {
@@ -55,6 +58,7 @@ pub(crate) enum TimerKind {
     Idle(Key),
     Connect(Key),
     AcceptRetry(Key),
+    Linger(Key),
     ShutdownDeadline,
 }
 
@@ -148,6 +152,11 @@ impl Core {
             conn.out.clear();
             conn.reason = Some(reason);
             if let Some(t) = conn.timer.take() {
+                self.timers.cancel(t);
+            }
+        }
+        if let Kind::Linger(l) = &mut entry.kind {
+            if let Some(t) = l.timer.take() {
                 self.timers.cancel(t);
             }
         }

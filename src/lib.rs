@@ -34,6 +34,7 @@ mod core;
 pub mod framing;
 mod handle;
 mod handler;
+mod linger;
 mod listener;
 pub mod outbuf;
 mod reactor;

@@ -4,7 +4,9 @@
 use crate::core::{Core, Kind, Shutdown, TimerKind};
 use crate::handle::{Handle, Shared};
 use crate::token::{Key, SIGNALS, WAKER};
-use crate::{Config, ConnId, Context, Handler, ListenerId, Stats, UdpId, conn, listener, udp};
+use crate::{
+    Config, ConnId, Context, Handler, ListenerId, Stats, UdpId, conn, linger, listener, udp,
+};
 use mio::event::Event;
 use mio::{Events, Interest, Poll};
 use std::io;
@@ -167,9 +169,10 @@ impl<H: Handler> EventLoop<H> {
     }
 
     /// Entries in the slab (listeners, connections, datagram sockets), dead ones included
-    /// until the end of their tick. Tests use it to check that nothing leaks.
+    /// until the end of their tick; lingering closed sockets (`Stats::lingering`) are not
+    /// counted. Tests use it to check that nothing leaks.
     pub fn slab_len(&self) -> usize {
-        self.core.slab.len()
+        self.core.slab.len() - self.core.stats.lingering as usize
     }
 
     /// Runs ticks until [`Context::stop`], [`Handle::stop`], or a graceful shutdown finishes.
@@ -287,6 +290,7 @@ fn dispatch<H: Handler>(core: &mut Core, h: &mut H, buf: &mut [u8], key: Key, re
                 udp::recv(core, h, buf, key);
             }
         }
+        Some(Kind::Linger(_)) => linger::readable(core, buf, key),
         Some(Kind::Conn(c)) => {
             if ready.read_closed {
                 c.read_closed = true;
@@ -324,6 +328,11 @@ fn fire_timers<H: Handler>(core: &mut Core, h: &mut H) {
             TimerKind::Idle(key) => core.idle_check(key),
             TimerKind::Connect(key) => core.connect_timed_out(key),
             TimerKind::AcceptRetry(key) => listener::retry(core, h, key),
+            TimerKind::Linger(key) => {
+                if let Some(Kind::Linger(_)) = core.live_mut(key) {
+                    core.kill(key, crate::CloseReason::Local);
+                }
+            }
             TimerKind::ShutdownDeadline => core.shutdown_deadline(),
         }
     }
@@ -342,15 +351,19 @@ fn reap<H: Handler>(core: &mut Core, h: &mut H, buf: &mut [u8]) {
         match &mut entry.kind {
             Kind::Conn(c) => {
                 let reason = c.reason.take().unwrap_or(crate::CloseReason::Local);
-                if reason.is_clean() && !c.eof {
-                    // Closing with unread input makes the kernel send RST, which can destroy
-                    // the reply we just flushed before the peer reads it: read it away first.
-                    while matches!(c.stream.read(buf), Ok(n) if n > 0) {}
-                }
+                // Closed cleanly before the peer's EOF: FIN and linger (see linger.rs).
+                let linger = reason.is_clean() && !c.eof;
                 core.stats.connections_open -= 1;
                 core.stats.closed.count(&reason);
                 core.invoke(h, None, |h, cx| h.on_close(cx, ConnId(key), &reason));
+                if linger {
+                    if let Kind::Conn(c) = core.slab.remove(key.slot as usize).kind {
+                        linger::start(core, c.stream, buf);
+                    }
+                    continue;
+                }
             }
+            Kind::Linger(_) => core.stats.lingering -= 1,
             Kind::Listener(l) => {
                 if let crate::listener::Listener::Unix(_, path) = &l.socket {
                     let _ = std::fs::remove_file(path);
@@ -380,7 +393,7 @@ impl Core {
         let keys: Vec<(Key, bool)> = self
             .slab
             .iter()
-            .filter(|(_, e)| !e.dead)
+            .filter(|(_, e)| !e.dead && !matches!(e.kind, Kind::Linger(_)))
             .map(|(slot, e)| {
                 let key = Key {
                     slot: slot as u32,

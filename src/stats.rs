@@ -30,6 +30,9 @@ pub struct Stats {
     pub datagrams_out: u64,
     /// Datagrams dropped because the send queue was full, or failed to send.
     pub datagrams_dropped: u64,
+    /// Sockets closed cleanly that are still half-closed, waiting for the peer's EOF
+    /// (lingering close); not connections any more.
+    pub lingering: u64,
     /// Handler callbacks that panicked.
     pub panics: u64,
     /// Ticks of the loop.

@@ -552,3 +552,41 @@ fn close_callback_runs_once_whoever_closes() {
     );
     assert_eq!(el.stats().connections_open, 0);
 }
+
+/// The peer writes after our clean close finished (its reply is still unread in its
+/// buffer). Without a lingering close the kernel answers that write with RST and the peer
+/// loses the reply's tail; with it, the peer reads every byte, then EOF.
+#[test]
+fn peer_writing_after_a_clean_close_loses_nothing() {
+    struct CloseAfterReply {
+        reply: Vec<u8>,
+        tx: Sender<()>,
+    }
+    impl Handler for CloseAfterReply {
+        fn on_data(&mut self, cx: &mut Context<'_>, conn: ConnId, _data: &[u8]) {
+            cx.send(conn, &self.reply);
+            cx.close(conn);
+        }
+        fn on_close(&mut self, _cx: &mut Context<'_>, _conn: ConnId, reason: &CloseReason) {
+            assert!(reason.is_clean(), "{reason}");
+            let _ = self.tx.send(());
+        }
+    }
+    let reply = random_bytes(512 * 1024, 7);
+    let (tx, rx) = channel();
+    let h = CloseAfterReply {
+        reply: reply.clone(),
+        tx,
+    };
+    let (server, addr) = start(h, Config::default());
+    for _ in 0..5 {
+        let mut c = client(addr);
+        c.write_all(b"go").unwrap();
+        recv(&rx); // the close is done: every byte is in the kernel's hands
+        c.write_all(b"late").unwrap();
+        let got = read_to_end(&mut c).expect("no reset");
+        assert!(got == reply, "got {} of {} bytes", got.len(), reply.len());
+    }
+    let el = server.stop();
+    assert_eq!(el.stats().closed.local, 5);
+}

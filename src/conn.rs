@@ -117,7 +117,7 @@ impl Conn {
 pub(crate) fn read<H: Handler>(core: &mut Core, handler: &mut H, buf: &mut [u8], key: Key) {
     let id = ConnId(key);
     let pause = core.config.pause_read_when_congested;
-    let now = core.now;
+    let stamp = core.activity_stamp();
     let mut budget = core.config.read_budget;
     loop {
         let Some(conn) = core.conn_mut(key) else {
@@ -134,7 +134,9 @@ pub(crate) fn read<H: Handler>(core: &mut Core, handler: &mut H, buf: &mut [u8],
             }
             Ok(n) => {
                 let drained = SHORT_READ_DRAINS && n < buf.len() && !conn.read_closed;
-                conn.last_active = now;
+                if let Some(t) = stamp {
+                    conn.last_active = t;
+                }
                 core.stats.bytes_in += n as u64;
                 core.invoke(handler, Some(key), |h, cx| h.on_data(cx, id, &buf[..n]));
                 if drained {
@@ -211,8 +213,8 @@ fn finish_connect<H: Handler>(core: &mut Core, handler: &mut H, key: Key) {
 impl Core {
     /// Buffered sendall: write now if nothing is queued, queue the rest in order.
     pub(crate) fn conn_send(&mut self, key: Key, data: &[u8]) -> bool {
-        let (now, max_output, high) =
-            (self.now, self.config.max_output, self.config.high_watermark);
+        let stamp = self.activity_stamp();
+        let (max_output, high) = (self.config.max_output, self.config.high_watermark);
         let Some(Kind::Conn(conn)) = live_in(&mut self.slab, key) else {
             return false;
         };
@@ -228,7 +230,9 @@ impl Core {
                 match conn.stream.send(rest) {
                     Ok(n) => {
                         rest = &rest[n..];
-                        conn.last_active = now;
+                        if let Some(t) = stamp {
+                            conn.last_active = t;
+                        }
                         self.stats.bytes_out += n as u64;
                         break;
                     }
@@ -267,7 +271,7 @@ impl Core {
     /// Writes the queue; returns true when the connection stops being congested. Finishes a
     /// pending close or write shutdown once the queue is empty.
     pub(crate) fn flush_queue(&mut self, key: Key) -> bool {
-        let (now, low) = (self.now, self.config.low_watermark);
+        let (stamp, low) = (self.activity_stamp(), self.config.low_watermark);
         let Some(Kind::Conn(conn)) = live_in(&mut self.slab, key) else {
             return false;
         };
@@ -277,8 +281,8 @@ impl Core {
         }
         let stream = &conn.stream;
         let (written, result) = conn.out.flush_with(|bufs| stream.send_vectored(bufs));
-        if written > 0 {
-            conn.last_active = now;
+        if let (true, Some(t)) = (written > 0, stamp) {
+            conn.last_active = t;
         }
         self.stats.bytes_out += written as u64;
         let conn = self.conn_mut(key).expect("live above");
@@ -429,7 +433,7 @@ impl Core {
         if let Some(idle) = self.config.idle_timeout {
             let timer = self
                 .timers
-                .insert(self.now + idle, None, TimerKind::Idle(key));
+                .insert(self.now() + idle, None, TimerKind::Idle(key));
             if let Some(conn) = self.conn_mut(key) {
                 conn.timer = Some(timer);
             }
@@ -440,7 +444,7 @@ impl Core {
     /// rest of the period. (Traffic only stamps `last_active`; the timer is never moved on
     /// the data path.)
     pub(crate) fn idle_check(&mut self, key: Key) {
-        let (now, Some(idle)) = (self.now, self.config.idle_timeout) else {
+        let (now, Some(idle)) = (self.now(), self.config.idle_timeout) else {
             return;
         };
         let Some(conn) = self.conn_mut(key) else {

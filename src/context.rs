@@ -303,13 +303,13 @@ impl Context<'_> {
 
     /// Sets a one-shot timer: `on_timer` runs with the returned id after `after`.
     pub fn set_timer(&mut self, after: Duration) -> TimerId {
-        let now = self.core.now;
+        let now = self.core.now();
         self.core.timers.insert(now + after, None, TimerKind::User)
     }
 
     /// Sets a repeating timer: `on_timer` runs every `period` until cancelled.
     pub fn set_interval(&mut self, period: Duration) -> TimerId {
-        let now = self.core.now;
+        let now = self.core.now();
         self.core
             .timers
             .insert(now + period, Some(period), TimerKind::User)
@@ -324,7 +324,7 @@ impl Context<'_> {
 
     /// The time this tick started (one clock read per tick).
     pub fn now(&self) -> Instant {
-        self.core.now
+        self.core.now()
     }
 
     /// The loop's counters.

@@ -15,6 +15,7 @@ use crate::udp::Dgram;
 use crate::{CloseReason, Config, ConnId, Context, Handler, ListenerId, Stats, token::Key};
 use mio::{Interest, Registry};
 use slab::Slab;
+use std::cell::Cell;
 use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
@@ -77,8 +78,8 @@ pub(crate) struct Core {
     pub(crate) config: Config,
     pub(crate) stats: Stats,
     pub(crate) timers: Timers<TimerKind>,
-    /// The time at the start of this tick's dispatch (one clock read per tick).
-    pub(crate) now: Instant,
+    /// The tick's time, read from the clock the first time the tick needs it (see `now`).
+    clock: Cell<Option<Instant>>,
     /// Entries whose budget ran out, or whose reading resumed: served next tick, and the
     /// poll does not sleep while any are waiting.
     pub(crate) ready: Vec<Key>,
@@ -97,12 +98,33 @@ impl Core {
             config,
             stats: Stats::default(),
             timers: Timers::new(),
-            now: Instant::now(),
+            clock: Cell::new(None),
             ready: Vec::new(),
             closing: Vec::new(),
             stopped: false,
             shutdown: None,
         }
+    }
+
+    /// The tick's time: the clock is read at most once a tick, and only if something needs
+    /// it (timers, idle timeouts), so the echo path does without.
+    pub(crate) fn now(&self) -> Instant {
+        self.clock.get().unwrap_or_else(|| {
+            let now = Instant::now();
+            self.clock.set(Some(now));
+            now
+        })
+    }
+
+    /// A new tick starts: the next `now()` reads the clock again.
+    pub(crate) fn new_tick(&self) {
+        self.clock.set(None);
+    }
+
+    /// The time to stamp as a connection's last activity; `None` (no clock read) when no
+    /// idle timeout needs it.
+    pub(crate) fn activity_stamp(&self) -> Option<Instant> {
+        self.config.idle_timeout.map(|_| self.now())
     }
 
     /// Puts an entry in a free slot with a fresh generation (never 0).
@@ -233,7 +255,7 @@ impl Core {
         if self.config.nodelay && stream.is_tcp() {
             stream.sock().set_tcp_nodelay(true)?;
         }
-        let conn = Conn::new(stream, state, origin, self.now);
+        let conn = Conn::new(stream, state, origin, self.now());
         let interest = conn.interest();
         let key = self.insert(Kind::Conn(conn));
         let Some(Kind::Conn(conn)) = live_in(&mut self.slab, key) else {
@@ -252,7 +274,7 @@ impl Core {
             if let Some(t) = self.config.connect_timeout {
                 let timer = self
                     .timers
-                    .insert(self.now + t, None, TimerKind::Connect(key));
+                    .insert(self.now() + t, None, TimerKind::Connect(key));
                 if let Some(conn) = self.conn_mut(key) {
                     conn.timer = Some(timer);
                 }

@@ -56,6 +56,7 @@ pub(crate) fn start(core: &mut Core, mut stream: Stream, buf: &mut [u8]) {
     if matches!(first, Discard::Done) || linger.is_zero() {
         return;
     }
+    let at = core.now() + linger;
     let key = core.insert(Kind::Linger(Linger {
         stream,
         timer: None,
@@ -72,10 +73,7 @@ pub(crate) fn start(core: &mut Core, mut stream: Stream, buf: &mut [u8]) {
         core.slab.remove(key.slot as usize);
         return;
     }
-    l.timer = Some(
-        core.timers
-            .insert(core.now + linger, None, TimerKind::Linger(key)),
-    );
+    l.timer = Some(core.timers.insert(at, None, TimerKind::Linger(key)));
     core.stats.lingering += 1;
 }
 

@@ -79,7 +79,7 @@ pub(crate) fn accept<H: Handler>(core: &mut Core, handler: &mut H, key: Key) {
             Err(e) if out_of_descriptors(&e) => {
                 l.backing_off = true;
                 core.stats.accept_descriptor_errors += 1;
-                let at = core.now + core.config.accept_retry;
+                let at = core.now() + core.config.accept_retry;
                 core.timers.insert(at, None, TimerKind::AcceptRetry(key));
                 log::warn!(
                     "accept on {}: {e}; retrying in {:?}",

@@ -110,7 +110,7 @@ impl<H: Handler> EventLoop<H> {
 
     /// A context to act on the loop from outside a callback: listen, bind, connect, send.
     pub fn context(&mut self) -> Context<'_> {
-        self.core.now = Instant::now();
+        self.core.new_tick();
         Context {
             core: &mut self.core,
         }
@@ -190,11 +190,8 @@ impl<H: Handler> EventLoop<H> {
         // 1. Wait for readiness: not at all if work was left over; at most until the next timer.
         self.poll_events(timeout)?;
         let core = &mut self.core;
-        core.now = Instant::now();
+        core.new_tick();
         core.stats.ticks += 1;
-        let count = self.events.iter().count() as u64;
-        core.stats.events += count;
-        core.stats.max_events_per_tick = core.stats.max_events_per_tick.max(count);
         // 2. Serve what budgets left over last tick (edges won't repeat for them).
         std::mem::swap(&mut core.ready, &mut self.ready_spare);
         for key in self.ready_spare.drain(..) {
@@ -202,7 +199,9 @@ impl<H: Handler> EventLoop<H> {
         }
         // 3. Dispatch each event to its live entry; stale and dead tokens are dropped.
         let mut woken = false;
+        let mut count = 0;
         for event in self.events.iter() {
+            count += 1;
             match event.token() {
                 WAKER => woken = true,
                 SIGNALS => {
@@ -227,6 +226,8 @@ impl<H: Handler> EventLoop<H> {
                 }
             }
         }
+        core.stats.events += count;
+        core.stats.max_events_per_tick = core.stats.max_events_per_tick.max(count);
         // 4. Fire due timers.
         fire_timers(core, &mut self.handler);
         // 5. Run work posted from other threads.
@@ -249,9 +250,12 @@ impl<H: Handler> EventLoop<H> {
 
     fn poll_events(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         loop {
-            let now = Instant::now();
-            let mut wait = match self.core.timers.timeout(now) {
-                Some(t) => Some(timeout.map_or(t, |u| u.min(t))),
+            // The clock is read only when a timer is pending.
+            let mut wait = match self.core.timers.next_deadline() {
+                Some(at) => {
+                    let t = at.saturating_duration_since(Instant::now());
+                    Some(timeout.map_or(t, |u| u.min(t)))
+                }
                 None => timeout,
             };
             if !self.core.ready.is_empty() || !self.core.closing.is_empty() {
@@ -318,9 +322,13 @@ fn dispatch<H: Handler>(core: &mut Core, h: &mut H, buf: &mut [u8], key: Key, re
 /// than looping forever.
 fn fire_timers<H: Handler>(core: &mut Core, h: &mut H) {
     let mut budget = core.timers.len();
+    if budget == 0 {
+        return;
+    }
+    let now = core.now();
     while budget > 0 {
         budget -= 1;
-        let Some((id, kind)) = core.timers.pop_expired(core.now) else {
+        let Some((id, kind)) = core.timers.pop_expired(now) else {
             break;
         };
         match kind {
@@ -410,7 +418,7 @@ impl Core {
                 self.kill(key, crate::CloseReason::Local);
             }
         }
-        let at = self.now + deadline;
+        let at = self.now() + deadline;
         let timer = self.timers.insert(at, None, TimerKind::ShutdownDeadline);
         if let Some(s) = &mut self.shutdown {
             s.timer = Some(timer);

@@ -114,6 +114,8 @@ impl Conn {
 }
 
 /// Reads from connection `key` until drained, EOF, an error, or the per-tick budget.
+/// Inlined into the dispatcher: this is the hottest path of the loop.
+#[inline]
 pub(crate) fn read<H: Handler>(core: &mut Core, handler: &mut H, buf: &mut [u8], key: Key) {
     let id = ConnId(key);
     let pause = core.config.pause_read_when_congested;
@@ -212,15 +214,14 @@ fn finish_connect<H: Handler>(core: &mut Core, handler: &mut H, key: Key) {
 
 impl Core {
     /// Buffered sendall: write now if nothing is queued, queue the rest in order.
+    /// Inlined: the common case (open, nothing queued, the kernel takes it all) is one check
+    /// of the entry and one `send`; queueing is out of line in `conn_queue`.
+    #[inline]
     pub(crate) fn conn_send(&mut self, key: Key, data: &[u8]) -> bool {
         let stamp = self.activity_stamp();
-        let (max_output, high) = (self.config.max_output, self.config.high_watermark);
         let Some(Kind::Conn(conn)) = live_in(&mut self.slab, key) else {
             return false;
         };
-        let (max_output, high) = conn
-            .limits
-            .map_or((max_output, high), |l| (l.max_output, l.high));
         if conn.state == State::Closing || conn.shutdown_write || conn.close_when_open {
             return false;
         }
@@ -248,7 +249,19 @@ impl Core {
                 return true;
             }
         }
-        let conn = self.conn_mut(key).expect("live above");
+        self.conn_queue(key, rest)
+    }
+
+    /// Queues what `send` could not write now: checks the output limit, marks congestion
+    /// and arms WRITABLE.
+    #[cold]
+    #[inline(never)]
+    fn conn_queue(&mut self, key: Key, rest: &[u8]) -> bool {
+        let (max_output, high) = (self.config.max_output, self.config.high_watermark);
+        let conn = self.conn_mut(key).expect("checked live by conn_send");
+        let (max_output, high) = conn
+            .limits
+            .map_or((max_output, high), |l| (l.max_output, l.high));
         if conn.out.len() + rest.len() > max_output {
             log::warn!(
                 "{}: output limit of {max_output} bytes reached",

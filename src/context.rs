@@ -30,6 +30,7 @@ impl Context<'_> {
     /// closing, or its write side shut), or if the bytes would pass the output limit, in
     /// which case the connection is closed with
     /// [`CloseReason::OutputLimit`](crate::CloseReason::OutputLimit).
+    #[inline]
     pub fn send(&mut self, conn: ConnId, data: &[u8]) -> bool {
         self.core.conn_send(conn.0, data)
     }

@@ -29,6 +29,7 @@ pub(crate) fn interrupted(e: &io::Error) -> bool {
 }
 
 /// `Core::live_mut` on the slab alone, for code that also needs the registry or counters.
+#[inline]
 pub(crate) fn live_in(slab: &mut Slab<Entry>, key: Key) -> Option<&mut Kind> {
     match slab.get_mut(key.slot as usize) {
         Some(e) if e.generation == key.generation && !e.dead => Some(&mut e.kind),
@@ -123,6 +124,7 @@ impl Core {
 
     /// The time to stamp as a connection's last activity; `None` (no clock read) when no
     /// idle timeout needs it.
+    #[inline]
     pub(crate) fn activity_stamp(&self) -> Option<Instant> {
         self.config.idle_timeout.map(|_| self.now())
     }
@@ -141,10 +143,12 @@ impl Core {
     }
 
     /// The entry `key` names, if it is still that entry and not marked dead.
+    #[inline]
     pub(crate) fn live_mut(&mut self, key: Key) -> Option<&mut Kind> {
         live_in(&mut self.slab, key)
     }
 
+    #[inline]
     pub(crate) fn conn_mut(&mut self, key: Key) -> Option<&mut Conn> {
         match self.live_mut(key) {
             Some(Kind::Conn(c)) => Some(c),
@@ -187,6 +191,7 @@ impl Core {
 
     /// Runs one handler callback. With `catch_panics`, a panic is logged, counted, and
     /// closes the connection the callback was about (`blame`); the loop goes on.
+    #[inline]
     pub(crate) fn invoke<H: Handler>(
         &mut self,
         handler: &mut H,

@@ -193,9 +193,11 @@ impl<H: Handler> EventLoop<H> {
         core.new_tick();
         core.stats.ticks += 1;
         // 2. Serve what budgets left over last tick (edges won't repeat for them).
-        std::mem::swap(&mut core.ready, &mut self.ready_spare);
-        for key in self.ready_spare.drain(..) {
-            dispatch(core, &mut self.handler, &mut self.buf, key, Ready::READABLE);
+        if !core.ready.is_empty() {
+            std::mem::swap(&mut core.ready, &mut self.ready_spare);
+            for key in self.ready_spare.drain(..) {
+                dispatch(core, &mut self.handler, &mut self.buf, key, Ready::READABLE);
+            }
         }
         // 3. Dispatch each event to its live entry; stale and dead tokens are dropped.
         let mut woken = false;
@@ -237,7 +239,9 @@ impl<H: Handler> EventLoop<H> {
             }
         }
         // 6. Reap: `on_close` for everything closed this tick, then free the slots.
-        reap(core, &mut self.handler, &mut self.buf);
+        if !core.closing.is_empty() {
+            reap(core, &mut self.handler, &mut self.buf);
+        }
         // 7. A graceful shutdown ends when the last connection has gone.
         if core.shutdown.is_some() && core.stats.connections_open == 0 {
             if let Some(t) = core.shutdown.take().and_then(|s| s.timer) {
@@ -283,6 +287,7 @@ impl<H: Handler> EventLoop<H> {
 }
 
 /// Routes one event to the entry `key` names, if that entry is still live.
+#[inline]
 fn dispatch<H: Handler>(core: &mut Core, h: &mut H, buf: &mut [u8], key: Key, ready: Ready) {
     match core.live_mut(key) {
         Some(Kind::Listener(_)) => listener::accept(core, h, key),

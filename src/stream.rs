@@ -24,6 +24,7 @@ impl Stream {
         }
     }
 
+    #[inline]
     pub(crate) fn sock(&self) -> SockRef<'_> {
         match self {
             Stream::Tcp(s) => SockRef::from(s),
@@ -31,6 +32,7 @@ impl Stream {
         }
     }
 
+    #[inline]
     pub(crate) fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.read(buf),
@@ -38,6 +40,7 @@ impl Stream {
         }
     }
 
+    #[inline]
     pub(crate) fn send(&self, data: &[u8]) -> io::Result<usize> {
         self.sock().send_with_flags(data, libc::MSG_NOSIGNAL)
     }

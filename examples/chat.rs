@@ -14,6 +14,8 @@
 //! that stops reading is cut off once 256 KiB are queued for it, so it never holds up the
 //! room. Options: `--addr ADDR` (default 127.0.0.1:7001).
 
+mod common;
+
 use evloop::{CloseReason, Config, ConnId, Context, EventLoop, FrameError, Handler, LineDecoder};
 use std::collections::HashMap;
 use std::fmt;
@@ -187,29 +189,21 @@ impl Handler for Chat {
 
 const USAGE: &str = "usage: chat [--addr ADDR]";
 
-fn parse_args() -> Result<std::net::SocketAddr, String> {
+fn parse_args() -> std::net::SocketAddr {
     let mut addr = "127.0.0.1:7001".parse().unwrap();
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "--help" || flag == "-h" {
-            println!("{USAGE}");
-            std::process::exit(0);
-        }
-        let value = it.next().ok_or(format!("{flag} needs a value\n{USAGE}"))?;
-        match flag.as_str() {
-            "--addr" => addr = value.parse().map_err(|e| format!("{flag} {value}: {e}"))?,
-            _ => return Err(format!("unknown option {flag}\n{USAGE}")),
+    let mut args = common::Args::new(USAGE);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--addr" => addr = args.value(&arg),
+            _ => args.unexpected(&arg),
         }
     }
-    Ok(addr)
+    addr
 }
 
 fn main() -> std::io::Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let addr = parse_args().unwrap_or_else(|e| {
-        eprintln!("{e}");
-        std::process::exit(2);
-    });
+    common::init_logging("info");
+    let addr = parse_args();
     let mut config = Config::default();
     // A reader that falls this far behind is cut off (CloseReason::OutputLimit); above the
     // high watermark it counts as congested, and we stop reading from it meanwhile.

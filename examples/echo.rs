@@ -11,6 +11,8 @@
 //! stream socket), `--idle-timeout SECS`, `--max-conns N`. SIGINT/SIGTERM shut it down
 //! gracefully: it stops accepting, flushes what each client is owed, and exits.
 
+mod common;
+
 use evloop::{Addr, CloseReason, Config, ConnId, Context, EventLoop, Handler, UdpId};
 use std::time::Duration;
 
@@ -47,41 +49,33 @@ struct Args {
 
 const USAGE: &str = "usage: echo [--addr ADDR] [--unix PATH] [--idle-timeout SECS] [--max-conns N]";
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
+fn parse_args() -> Args {
+    let mut parsed = Args {
         addr: "127.0.0.1:7000".parse().unwrap(),
         unix: None,
         idle_timeout: None,
         max_conns: None,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "--help" || flag == "-h" {
-            println!("{USAGE}");
-            std::process::exit(0);
-        }
-        let value = it.next().ok_or(format!("{flag} needs a value\n{USAGE}"))?;
-        let bad = |e: &dyn std::fmt::Display| format!("{flag} {value}: {e}");
-        match flag.as_str() {
-            "--addr" => args.addr = value.parse().map_err(|e| bad(&e))?,
-            "--unix" => args.unix = Some(value),
+    let mut args = common::Args::new(USAGE);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--addr" => parsed.addr = args.value(&arg),
+            "--unix" => parsed.unix = Some(args.value(&arg)),
             "--idle-timeout" => {
-                let secs: f64 = value.parse().map_err(|e| bad(&e))?;
-                args.idle_timeout = Some(Duration::from_secs_f64(secs));
+                let secs: f64 = args.value(&arg);
+                let timeout = Duration::try_from_secs_f64(secs);
+                parsed.idle_timeout = Some(timeout.unwrap_or_else(|e| args.fail(e)));
             }
-            "--max-conns" => args.max_conns = Some(value.parse().map_err(|e| bad(&e))?),
-            _ => return Err(format!("unknown option {flag}\n{USAGE}")),
+            "--max-conns" => parsed.max_conns = Some(args.value(&arg)),
+            _ => args.unexpected(&arg),
         }
     }
-    Ok(args)
+    parsed
 }
 
 fn main() -> std::io::Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let args = parse_args().unwrap_or_else(|e| {
-        eprintln!("{e}");
-        std::process::exit(2);
-    });
+    common::init_logging("info");
+    let args = parse_args();
     let mut config = Config::default();
     config.idle_timeout = args.idle_timeout;
     if let Some(n) = args.max_conns {

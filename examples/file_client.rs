@@ -12,6 +12,8 @@
 //! Exit status 0 when exactly `size` bytes arrived; 1, with the reason on stderr, if the
 //! server said `ERR`, the connection failed, or it closed early (the partial file is removed).
 
+mod common;
+
 use evloop::{CloseReason, ConnId, Context, EventLoop, Handler, LineDecoder};
 use std::fs::File;
 use std::io::Write;
@@ -97,39 +99,25 @@ impl Handler for Download {
 
 const USAGE: &str = "usage: file_client [--addr ADDR] PATH [--out FILE]";
 
-fn parse_args() -> Result<(std::net::SocketAddr, String, Option<PathBuf>), String> {
+fn parse_args() -> (std::net::SocketAddr, String, Option<PathBuf>) {
     let mut addr = "127.0.0.1:7003".parse().unwrap();
     let (mut path, mut out) = (None, None);
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
+    let mut args = common::Args::new(USAGE);
+    while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--help" | "-h" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            "--addr" | "--out" => {
-                let value = it.next().ok_or(format!("{arg} needs a value\n{USAGE}"))?;
-                if arg == "--out" {
-                    out = Some(PathBuf::from(value));
-                } else {
-                    addr = value.parse().map_err(|e| format!("--addr {value}: {e}"))?;
-                }
-            }
-            _ if arg.starts_with("--") || path.is_some() => {
-                return Err(format!("unexpected {arg}\n{USAGE}"));
-            }
+            "--addr" => addr = args.value(&arg),
+            "--out" => out = Some(args.value(&arg)),
+            _ if arg.starts_with("--") || path.is_some() => args.unexpected(&arg),
             _ => path = Some(arg),
         }
     }
-    Ok((addr, path.ok_or(USAGE)?, out))
+    let path = path.unwrap_or_else(|| args.fail("which file?"));
+    (addr, path, out)
 }
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let (addr, path, out) = parse_args().unwrap_or_else(|e| {
-        eprintln!("{e}");
-        std::process::exit(2);
-    });
+    common::init_logging("warn");
+    let (addr, path, out) = parse_args();
     let name = std::path::Path::new(&path).file_name();
     let out = out.unwrap_or_else(|| PathBuf::from(name.unwrap_or("download".as_ref())));
     let fail = |e: &dyn std::fmt::Display| -> ! {

@@ -20,6 +20,8 @@
 //!   while a file streams or replies pile up, reading is paused (`pause_read`) and the lines
 //!   already read wait in `pending`. Disk reads block the loop: fine from the page cache.
 
+mod common;
+
 use evloop::{CloseReason, ConnId, Context, EventLoop, Handler, LineDecoder, TimerId};
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read};
@@ -168,36 +170,26 @@ impl Handler for FileServer {
 
 const USAGE: &str = "usage: file_server [--addr ADDR] [--root DIR]";
 
-fn parse_args() -> Result<(std::net::SocketAddr, PathBuf), String> {
+fn parse_args() -> (std::net::SocketAddr, PathBuf) {
     let (mut addr, mut root) = ("127.0.0.1:7003".parse().unwrap(), PathBuf::from("."));
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "--help" || flag == "-h" {
-            println!("{USAGE}");
-            std::process::exit(0);
-        }
-        let value = it.next().ok_or(format!("{flag} needs a value\n{USAGE}"))?;
-        match flag.as_str() {
-            "--addr" => addr = value.parse().map_err(|e| format!("--addr {value}: {e}"))?,
-            "--root" => root = PathBuf::from(value),
-            _ => return Err(format!("unknown option {flag}\n{USAGE}")),
+    let mut args = common::Args::new(USAGE);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--addr" => addr = args.value(&arg),
+            "--root" => root = args.value(&arg),
+            _ => args.unexpected(&arg),
         }
     }
-    let root = root
-        .canonicalize()
-        .map_err(|e| format!("--root {}: {e}", root.display()))?;
-    if !root.is_dir() {
-        return Err(format!("--root {}: not a directory", root.display()));
+    match root.canonicalize() {
+        Ok(root) if root.is_dir() => (addr, root),
+        Ok(_) => args.fail(format_args!("--root {}: not a directory", root.display())),
+        Err(e) => args.fail(format_args!("--root {}: {e}", root.display())),
     }
-    Ok((addr, root))
 }
 
 fn main() -> std::io::Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let (addr, root) = parse_args().unwrap_or_else(|e| {
-        eprintln!("{e}");
-        std::process::exit(2);
-    });
+    common::init_logging("info");
+    let (addr, root) = parse_args();
     let root_shown = root.display().to_string();
     let server = FileServer {
         root,

@@ -16,6 +16,8 @@
 //! thread reads stdin and posts lines into the loop through a `Handle`; EOF stops the loop)
 //! and prints each datagram that arrives.
 
+mod common;
+
 use evloop::{Addr, Context, EventLoop, Handler, UdpId};
 use std::collections::HashMap;
 use std::fmt;
@@ -190,39 +192,31 @@ struct Args {
 
 const USAGE: &str = "usage: udp_chat [--addr ADDR] [--expiry SECS] | udp_chat --connect ADDR";
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
+fn parse_args() -> Args {
+    let mut parsed = Args {
         addr: "127.0.0.1:7002".parse().unwrap(),
         expiry: Duration::from_secs(60),
         connect: None,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "--help" || flag == "-h" {
-            println!("{USAGE}");
-            std::process::exit(0);
-        }
-        let value = it.next().ok_or(format!("{flag} needs a value\n{USAGE}"))?;
-        let bad = |e: &dyn fmt::Display| format!("{flag} {value}: {e}");
-        match flag.as_str() {
-            "--addr" => args.addr = value.parse().map_err(|e| bad(&e))?,
-            "--connect" => args.connect = Some(value.parse().map_err(|e| bad(&e))?),
+    let mut args = common::Args::new(USAGE);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--addr" => parsed.addr = args.value(&arg),
+            "--connect" => parsed.connect = Some(args.value(&arg)),
             "--expiry" => {
-                let secs = value.parse().map_err(|e| bad(&e))?;
-                args.expiry = Duration::try_from_secs_f64(secs).map_err(|e| bad(&e))?;
+                let secs: f64 = args.value(&arg);
+                let expiry = Duration::try_from_secs_f64(secs);
+                parsed.expiry = expiry.unwrap_or_else(|e| args.fail(e));
             }
-            _ => return Err(format!("unknown option {flag}\n{USAGE}")),
+            _ => args.unexpected(&arg),
         }
     }
-    Ok(args)
+    parsed
 }
 
 fn main() -> std::io::Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let args = parse_args().unwrap_or_else(|e| {
-        eprintln!("{e}");
-        std::process::exit(2);
-    });
+    common::init_logging("info");
+    let args = parse_args();
     if let Some(server) = args.connect {
         return run_client(server);
     }

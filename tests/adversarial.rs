@@ -20,29 +20,14 @@ use socket2::SockRef;
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use support::*;
 
 // ---------------------------------------------------------------------------------------------
 // Books: descriptors, slab, connections.
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// Descriptors are a process-wide count: one test at a time in this binary.
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Descriptors open now: the least of three counts. Another thread may hold one for a
-/// moment (glibc's malloc opens /proc/sys/vm/overcommit_memory once, in whichever thread
-/// first shrinks an arena, e.g. the harness thread of the test that just ended); a leak
-/// stays.
-fn settled_fds() -> usize {
-    (0..3).map(|_| open_fds()).min().unwrap()
-}
 
 /// The descriptor count before the loop was created.
 struct Baseline(usize);

@@ -20,90 +20,17 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use support::chat_user::User;
 use support::*;
 
-/// Builds the two examples if missing or stale (`cargo test --test adversarial_examples`
-/// alone does not build examples); a no-op when they are fresh.
+/// Builds the two examples once per test binary (see `support::build_examples`).
 fn build_examples() {
     static BUILT: std::sync::Once = std::sync::Once::new();
-    BUILT.call_once(|| {
-        let mut cmd = std::process::Command::new(env!("CARGO"));
-        cmd.args([
-            "build",
-            "--quiet",
-            "--example",
-            "chat",
-            "--example",
-            "file_server",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if !cfg!(debug_assertions) {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("run cargo build --example");
-        assert!(
-            status.success(),
-            "cargo build --example chat/file_server failed"
-        );
-    });
+    BUILT.call_once(|| support::build_examples(&["chat", "file_server"]));
 }
 
 // ---------------------------------------------------------------------------------------------
 // Chat.
-
-/// A chat client: line reads with the support deadline, raw writes.
-struct User {
-    r: BufReader<TcpStream>,
-    w: TcpStream,
-}
-
-impl User {
-    fn from_stream(s: TcpStream) -> User {
-        s.set_read_timeout(Some(DEADLINE)).unwrap();
-        s.set_write_timeout(Some(DEADLINE)).unwrap();
-        s.set_nodelay(true).unwrap();
-        User {
-            r: BufReader::new(s.try_clone().unwrap()),
-            w: s,
-        }
-    }
-
-    /// Connects, reads the welcome, takes `nick`.
-    fn join(addr: SocketAddr, nick: &str) -> User {
-        let mut u = User::from_stream(TcpStream::connect(addr).expect("connect"));
-        let welcome = u.line();
-        assert!(welcome.starts_with("* welcome, you are guest"), "{welcome}");
-        u.say(&format!("/nick {nick}"));
-        u.skip_until(&format!("* you are now {nick}"));
-        u
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.w.write_all(bytes).expect("write");
-    }
-
-    fn say(&mut self, line: &str) {
-        self.send(format!("{line}\n").as_bytes());
-    }
-
-    /// The next line, without its "\n".
-    fn line(&mut self) -> String {
-        let mut line = String::new();
-        match self.r.read_line(&mut line) {
-            Ok(0) => panic!("EOF"),
-            Ok(_) => line.strip_suffix('\n').expect("whole line").to_string(),
-            Err(e) => panic!("no line within {DEADLINE:?}: {e}"),
-        }
-    }
-
-    fn expect(&mut self, want: &str) {
-        assert_eq!(self.line(), want);
-    }
-
-    fn skip_until(&mut self, want: &str) {
-        while self.line() != want {}
-    }
-}
 
 fn chat() -> Example {
     build_examples();

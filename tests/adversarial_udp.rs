@@ -13,20 +13,7 @@ mod support;
 use evloop::{Addr, Config, Context, EventLoop, Handler, UdpId};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::mpsc::{Sender, channel};
-use std::sync::{Mutex, MutexGuard};
 use support::*;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Descriptors open now: the least of three counts (another thread may hold one for a
-/// moment, e.g. glibc reading /proc/sys/vm/overcommit_memory once; a leak stays).
-fn settled_fds() -> usize {
-    (0..3).map(|_| open_fds()).min().unwrap()
-}
 
 /// What the handler saw and did.
 #[derive(Debug)]

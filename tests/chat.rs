@@ -3,80 +3,11 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, Read};
 use std::sync::mpsc;
 use std::time::Duration;
+use support::chat_user::User;
 use support::{DEADLINE, Example, start_example};
-
-/// A chat client: line reads with the support deadline, raw writes.
-struct User {
-    r: BufReader<TcpStream>,
-    w: TcpStream,
-}
-
-impl User {
-    fn from_stream(s: TcpStream) -> User {
-        s.set_read_timeout(Some(DEADLINE)).unwrap();
-        s.set_write_timeout(Some(DEADLINE)).unwrap();
-        User {
-            r: BufReader::new(s.try_clone().unwrap()),
-            w: s,
-        }
-    }
-
-    /// Connects and returns the user with its welcome line.
-    fn connect(addr: SocketAddr) -> (User, String) {
-        let mut u = User::from_stream(TcpStream::connect(addr).expect("connect"));
-        let welcome = u.line();
-        (u, welcome)
-    }
-
-    /// Connects and takes `nick`.
-    fn join(addr: SocketAddr, nick: &str) -> User {
-        let (mut u, welcome) = User::connect(addr);
-        assert!(welcome.starts_with("* welcome, you are guest"), "{welcome}");
-        u.say(&format!("/nick {nick}"));
-        u.skip_until(&format!("* you are now {nick}"));
-        u
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.w.write_all(bytes).expect("write");
-    }
-
-    fn say(&mut self, line: &str) {
-        self.send(format!("{line}\n").as_bytes());
-    }
-
-    /// The next line, without its "\n"; fails on EOF or after the deadline.
-    fn line(&mut self) -> String {
-        let mut line = String::new();
-        match self.r.read_line(&mut line) {
-            Ok(0) => panic!("EOF"),
-            Ok(_) => line.strip_suffix('\n').expect("whole line").to_string(),
-            Err(e) => panic!("no line within {DEADLINE:?}: {e}"),
-        }
-    }
-
-    fn expect(&mut self, want: &str) {
-        assert_eq!(self.line(), want);
-    }
-
-    /// Reads lines until `want` (others are skipped).
-    fn skip_until(&mut self, want: &str) {
-        while self.line() != want {}
-    }
-
-    fn expect_err(&mut self) -> String {
-        let line = self.line();
-        assert!(
-            line.starts_with("ERR "),
-            "expected an ERR line, got {line:?}"
-        );
-        line
-    }
-}
 
 fn chat() -> Example {
     start_example("chat", &["--addr", "127.0.0.1:0"])

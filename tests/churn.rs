@@ -23,21 +23,8 @@ use evloop::{CloseReason, ConnId, Context, EventLoop, Handler};
 use socket2::SockRef;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use support::*;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Descriptors open now: the least of three counts (another thread may hold one for a
-/// moment, e.g. glibc reading /proc/sys/vm/overcommit_memory once; a leak stays).
-fn settled_fds() -> usize {
-    (0..3).map(|_| open_fds()).min().unwrap()
-}
 
 /// Echoes; a message whose last byte is `CLOSE` is echoed and then closed by the server.
 /// Counts closes by reason, and stops the loop once `stop_after` connections have closed.

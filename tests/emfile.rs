@@ -14,19 +14,6 @@ use support::*;
 const NOFILE: usize = 64;
 const CLIENTS: usize = 90;
 
-/// Builds the echo example if it is missing or stale (`cargo test --test emfile` alone does
-/// not build examples); a no-op when it is fresh.
-fn build_echo() {
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["build", "--quiet", "--example", "echo"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if !cfg!(debug_assertions) {
-        cmd.arg("--release");
-    }
-    let status = cmd.status().expect("run cargo build --example echo");
-    assert!(status.success(), "cargo build --example echo failed");
-}
-
 /// CPU time (user + system) the process has used, from /proc/PID/stat.
 fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
@@ -57,7 +44,7 @@ fn is_retry_line(line: &str) -> bool {
 
 #[test]
 fn accept_backs_off_on_emfile_keeps_serving_and_recovers() {
-    build_echo();
+    build_examples(&["echo"]);
     let echo = example_path("echo");
     let mut cmd = Command::new("sh");
     cmd.arg("-c")

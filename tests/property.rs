@@ -24,7 +24,6 @@ use evloop::outbuf::{Flush, OutBuf};
 use evloop::{CloseReason, Config, ConnId, Context, EventLoop, Handler};
 use std::collections::HashMap;
 use std::io::{self, ErrorKind, IoSlice, Read, Write};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use support::*;
 
@@ -239,19 +238,6 @@ fn outbuf_flush_against_a_scripted_socket_long() {
 
 // ---------------------------------------------------------------------------------------------
 // (b) The close path on real sockets.
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// Descriptors are counted process-wide: one close-path test at a time.
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Descriptors open now: the least of three counts (another thread may hold one for a
-/// moment, e.g. glibc reading /proc/sys/vm/overcommit_memory once; a leak stays).
-fn settled_fds() -> usize {
-    (0..3).map(|_| open_fds()).min().unwrap()
-}
 
 /// Records everything, per connection; the default EOF behaviour (close after flushing).
 #[derive(Default)]

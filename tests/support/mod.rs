@@ -3,6 +3,8 @@
 //! tests wait on channels and sockets, each with a deadline.
 #![allow(dead_code)]
 
+pub mod chat_user;
+
 use evloop::{EventLoop, Handle, Handler};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -197,4 +199,33 @@ pub fn start_example_with(cmd: &mut std::process::Command) -> Example {
         addr,
         log: rx,
     }
+}
+
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Descriptors are counted process-wide: tests of one binary that count them take this lock.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Descriptors open now: the least of three counts (another thread may hold one for a
+/// moment, e.g. glibc reading /proc/sys/vm/overcommit_memory once; a leak stays).
+pub fn settled_fds() -> usize {
+    (0..3).map(|_| open_fds()).min().unwrap()
+}
+
+/// Builds these examples if missing or stale: `cargo test --test NAME` alone does not build
+/// examples (plain `cargo test` does); a quick no-op when they are fresh.
+pub fn build_examples(names: &[&str]) {
+    let mut cmd = std::process::Command::new(env!("CARGO"));
+    cmd.args(["build", "--quiet"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    for name in names {
+        cmd.args(["--example", name]);
+    }
+    if !cfg!(debug_assertions) {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("run cargo build --example");
+    assert!(status.success(), "cargo build --example {names:?} failed");
 }

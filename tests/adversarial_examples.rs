@@ -15,12 +15,12 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use support::chat_user::User;
+use support::file_client::Client;
 use support::*;
 
 /// Builds the two examples once per test binary (see `support::build_examples`).
@@ -230,40 +230,6 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A file server client: one buffered reader, raw writes.
-struct Client(BufReader<TcpStream>);
-
-impl Client {
-    fn new(addr: SocketAddr) -> Client {
-        let s = client(addr);
-        s.set_nodelay(true).unwrap();
-        Client(BufReader::new(s))
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.0.get_mut().write_all(bytes).expect("write request");
-    }
-
-    /// `Ok(body)` after `OK <size>`, `Err(reason)` after `ERR <reason>`.
-    fn reply(&mut self) -> Result<Vec<u8>, String> {
-        let mut line = String::new();
-        self.0.read_line(&mut line).expect("read reply header");
-        let line = line.strip_suffix('\n').expect("a whole header line");
-        if let Some(reason) = line.strip_prefix("ERR ") {
-            return Err(reason.to_string());
-        }
-        let size: usize = line.strip_prefix("OK ").expect(line).parse().unwrap();
-        let mut body = vec![0; size];
-        self.0.read_exact(&mut body).expect("read body");
-        Ok(body)
-    }
-
-    fn get(&mut self, path: &str) -> Result<Vec<u8>, String> {
-        self.send(format!("GET {path}\n").as_bytes());
-        self.reply()
     }
 }
 

@@ -3,11 +3,11 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+use support::file_client::Client;
 use support::*;
 
 /// A directory under the system temp dir, named after the test and this process, removed
@@ -44,38 +44,6 @@ impl Drop for TempDir {
 fn server(root: &Path) -> Example {
     let root = root.to_str().unwrap();
     start_example("file_server", &["--addr", "127.0.0.1:0", "--root", root])
-}
-
-/// One client connection; the reader buffers, writes go to the stream under it.
-struct Client(BufReader<TcpStream>);
-
-impl Client {
-    fn new(addr: SocketAddr) -> Client {
-        Client(BufReader::new(client(addr)))
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.0.get_mut().write_all(bytes).expect("write request");
-    }
-
-    /// Reads one reply: `Ok(body)` after `OK <size>`, `Err(reason)` after `ERR <reason>`.
-    fn reply(&mut self) -> Result<Vec<u8>, String> {
-        let mut line = String::new();
-        self.0.read_line(&mut line).expect("read reply header");
-        let line = line.strip_suffix('\n').expect("a whole header line");
-        if let Some(reason) = line.strip_prefix("ERR ") {
-            return Err(reason.to_string());
-        }
-        let size: usize = line.strip_prefix("OK ").expect(line).parse().unwrap();
-        let mut body = vec![0; size];
-        self.0.read_exact(&mut body).expect("read body");
-        Ok(body)
-    }
-
-    fn get(&mut self, path: &str) -> Result<Vec<u8>, String> {
-        self.send(format!("GET {path}\n").as_bytes());
-        self.reply()
-    }
 }
 
 /// A kB figure from /proc/PID/status (`VmRSS`, `VmHWM`, ...).

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod chat_user;
+pub mod file_client;
 
 use evloop::{EventLoop, Handle, Handler};
 use std::io::{Read, Write};

@@ -286,9 +286,21 @@ impl<H: Handler> EventLoop<H> {
     }
 }
 
-/// Routes one event to the entry `key` names, if that entry is still live.
+/// Routes one event to the entry `key` names, if that entry is still live. The common
+/// case, a connection that is only readable, goes straight to the read loop; everything
+/// else is out of line in `dispatch_other`.
 #[inline]
 fn dispatch<H: Handler>(core: &mut Core, h: &mut H, buf: &mut [u8], key: Key, ready: Ready) {
+    let only_readable = ready.readable && !ready.writable && !ready.read_closed && !ready.error;
+    if only_readable && matches!(core.live_mut(key), Some(Kind::Conn(_))) {
+        conn::read(core, h, buf, key);
+    } else {
+        dispatch_other(core, h, buf, key, ready);
+    }
+}
+
+#[inline(never)]
+fn dispatch_other<H: Handler>(core: &mut Core, h: &mut H, buf: &mut [u8], key: Key, ready: Ready) {
     match core.live_mut(key) {
         Some(Kind::Listener(_)) => listener::accept(core, h, key),
         Some(Kind::Dgram(_)) => {

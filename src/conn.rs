@@ -104,6 +104,15 @@ impl Conn {
             && (!self.congested || !pause_when_congested)
     }
 
+    /// Why a clean close ends: the peer's EOF came first, or we closed.
+    fn clean_reason(&self) -> CloseReason {
+        if self.eof {
+            CloseReason::PeerClosed
+        } else {
+            CloseReason::Local
+        }
+    }
+
     pub(crate) fn interest(&self) -> Interest {
         if self.writable_armed {
             Interest::READABLE | Interest::WRITABLE
@@ -310,11 +319,7 @@ impl Core {
                     let _ = conn.stream.shutdown(std::net::Shutdown::Write);
                 }
                 if conn.state == State::Closing {
-                    let reason = if conn.eof {
-                        CloseReason::PeerClosed
-                    } else {
-                        CloseReason::Local
-                    };
+                    let reason = conn.clean_reason();
                     self.kill(key, reason);
                     return false;
                 }
@@ -353,11 +358,7 @@ impl Core {
             conn.close_when_open = true;
             return;
         }
-        let reason = if conn.eof {
-            CloseReason::PeerClosed
-        } else {
-            CloseReason::Local
-        };
+        let reason = conn.clean_reason();
         self.kill(key, reason);
     }
 

@@ -66,7 +66,6 @@ pub(crate) enum TimerKind {
 
 /// Graceful shutdown under way.
 pub(crate) struct Shutdown {
-    pub(crate) deadline_passed: bool,
     /// The deadline timer: cancelled if the shutdown finishes first, so it cannot cut a
     /// later shutdown short.
     pub(crate) timer: Option<crate::timers::TimerId>,
@@ -220,23 +219,18 @@ impl Core {
     pub(crate) fn open_conn<H: Handler>(
         &mut self,
         handler: &mut H,
-        mut stream: Stream,
+        stream: Stream,
         origin: Option<ListenerId>,
     ) {
         if self.stats.connections_open >= self.config.max_connections as u64 {
             self.stats.refused += 1;
+            log::debug!("refused a connection: {} open", self.stats.connections_open);
             if let Some(reply) = &self.config.refusal_reply {
                 let _ = stream.send(reply);
-                // Closing with unread input sends RST instead of FIN, and the peer loses
-                // the reply: read away what it already sent (bounded; best effort).
-                let mut scratch = [0u8; 4096];
-                for _ in 0..16 {
-                    if !matches!(stream.read(&mut scratch), Ok(n) if n > 0) {
-                        break;
-                    }
-                }
+                // As after any clean close: FIN, and linger so the client's input cannot
+                // turn the close into an RST that destroys the reply.
+                crate::linger::start(self, stream, false);
             }
-            log::debug!("refused a connection: {} open", self.stats.connections_open);
             return;
         }
         match self.register_conn(stream, State::Open, origin) {

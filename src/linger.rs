@@ -44,15 +44,18 @@ fn discard(stream: &mut Stream, buf: &mut [u8], mut budget: usize) -> Discard {
     }
 }
 
-/// Takes over the socket of a connection that closed cleanly before the peer's EOF. With
-/// `Config::linger` zero, or if the peer has already closed, the socket is simply dropped.
-pub(crate) fn start(core: &mut Core, mut stream: Stream, buf: &mut [u8]) {
+/// Takes over the socket of a connection that closed cleanly before the peer's EOF, or of
+/// one refused for `max_connections` after its reply (`registered` says whether the socket
+/// is in the poll set yet). With `Config::linger` zero, or if the peer has already closed,
+/// the socket is simply dropped.
+pub(crate) fn start(core: &mut Core, mut stream: Stream, registered: bool) {
     let linger = core.config.linger;
     if stream.shutdown(Shutdown::Write).is_err() {
         return;
     }
-    // Even without lingering, input already here is read away before the close.
-    let first = discard(&mut stream, buf, core.config.read_budget);
+    // Even without lingering, input already here is read away before the close. Rare
+    // enough for a small buffer of its own.
+    let first = discard(&mut stream, &mut [0; 4096], core.config.read_budget);
     if matches!(first, Discard::Done) || linger.is_zero() {
         return;
     }
@@ -64,12 +67,14 @@ pub(crate) fn start(core: &mut Core, mut stream: Stream, buf: &mut [u8]) {
     let Some(Kind::Linger(l)) = live_in(&mut core.slab, key) else {
         unreachable!("just inserted")
     };
-    // A new token for the same registration; epoll reports input already waiting.
-    if core
-        .registry
-        .reregister(l.stream.source(), key.token(), Interest::READABLE)
-        .is_err()
-    {
+    // A new token (or a first registration); epoll reports input already waiting.
+    let (registry, source, token) = (&core.registry, l.stream.source(), key.token());
+    let result = if registered {
+        registry.reregister(source, token, Interest::READABLE)
+    } else {
+        registry.register(source, token, Interest::READABLE)
+    };
+    if result.is_err() {
         core.slab.remove(key.slot as usize);
         return;
     }

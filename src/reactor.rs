@@ -240,7 +240,7 @@ impl<H: Handler> EventLoop<H> {
         }
         // 6. Reap: `on_close` for everything closed this tick, then free the slots.
         if !core.closing.is_empty() {
-            reap(core, &mut self.handler, &mut self.buf);
+            reap(core, &mut self.handler);
         }
         // 7. A graceful shutdown ends when the last connection has gone.
         if core.shutdown.is_some() && core.stats.connections_open == 0 {
@@ -365,7 +365,7 @@ fn fire_timers<H: Handler>(core: &mut Core, h: &mut H) {
 
 /// Runs `on_close` for each entry marked dead this tick (and any its callbacks kill in
 /// turn), then frees the slot, which closes the socket.
-fn reap<H: Handler>(core: &mut Core, h: &mut H, buf: &mut [u8]) {
+fn reap<H: Handler>(core: &mut Core, h: &mut H) {
     let mut i = 0;
     while i < core.closing.len() {
         let key = core.closing[i];
@@ -383,7 +383,7 @@ fn reap<H: Handler>(core: &mut Core, h: &mut H, buf: &mut [u8]) {
                 core.invoke(h, None, |h, cx| h.on_close(cx, ConnId(key), &reason));
                 if linger {
                     if let Kind::Conn(c) = core.slab.remove(key.slot as usize).kind {
-                        linger::start(core, c.stream, buf);
+                        linger::start(core, c.stream, true);
                     }
                     continue;
                 }
@@ -406,34 +406,28 @@ fn reap<H: Handler>(core: &mut Core, h: &mut H, buf: &mut [u8]) {
 }
 
 impl Core {
+    /// Keys of the live entries whose kind matches: O(n), for shutdown only.
+    fn live_keys(&self, wanted: impl Fn(&Kind) -> bool) -> Vec<Key> {
+        let live = self.slab.iter().filter(|(_, e)| !e.dead && wanted(&e.kind));
+        live.map(|(slot, e)| Key {
+            slot: slot as u32,
+            generation: e.generation,
+        })
+        .collect()
+    }
+
     pub(crate) fn begin_shutdown(&mut self, deadline: Duration) {
         if self.shutdown.is_some() {
             return;
         }
         log::info!("graceful shutdown: {deadline:?} for peers to take their bytes");
-        self.shutdown = Some(Shutdown {
-            deadline_passed: false,
-            timer: None,
-        });
-        let keys: Vec<(Key, bool)> = self
-            .slab
-            .iter()
-            .filter(|(_, e)| !e.dead && !matches!(e.kind, Kind::Linger(_)))
-            .map(|(slot, e)| {
-                let key = Key {
-                    slot: slot as u32,
-                    generation: e.generation,
-                };
-                (key, matches!(e.kind, Kind::Conn(_)))
-            })
-            .collect();
-        for (key, is_conn) in keys {
-            if is_conn {
-                self.conn_close(key);
-            } else {
-                self.dgram_flush(key);
-                self.kill(key, crate::CloseReason::Local);
-            }
+        self.shutdown = Some(Shutdown { timer: None });
+        for key in self.live_keys(|k| matches!(k, Kind::Conn(_))) {
+            self.conn_close(key);
+        }
+        for key in self.live_keys(|k| matches!(k, Kind::Listener(_) | Kind::Dgram(_))) {
+            self.dgram_flush(key);
+            self.kill(key, crate::CloseReason::Local);
         }
         let at = self.now() + deadline;
         let timer = self.timers.insert(at, None, TimerKind::ShutdownDeadline);
@@ -443,19 +437,10 @@ impl Core {
     }
 
     fn shutdown_deadline(&mut self) {
-        let Some(s) = &mut self.shutdown else {
+        if self.shutdown.is_none() {
             return;
-        };
-        s.deadline_passed = true;
-        let keys: Vec<Key> = self
-            .slab
-            .iter()
-            .filter(|(_, e)| !e.dead && matches!(e.kind, Kind::Conn(_)))
-            .map(|(slot, e)| Key {
-                slot: slot as u32,
-                generation: e.generation,
-            })
-            .collect();
+        }
+        let keys = self.live_keys(|k| matches!(k, Kind::Conn(_)));
         if !keys.is_empty() {
             log::warn!("shutdown deadline: cutting off {} connections", keys.len());
         }

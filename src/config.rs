@@ -42,6 +42,12 @@ pub struct Config {
     pub low_watermark: usize,
     /// Stop reading from a congested connection (backpressure). Default on.
     pub pause_read_when_congested: bool,
+    /// Input a connection's handler may leave unconsumed (a partial frame the loop keeps for
+    /// it): past it the connection closes with
+    /// [`CloseReason::InputLimit`](crate::CloseReason::InputLimit), so a peer that never
+    /// finishes a frame cannot grow memory. Per connection:
+    /// [`Context::set_input_limit`](crate::Context::set_input_limit). Default 1 MiB.
+    pub max_input: usize,
     /// Hard limit on queued output: a `send` that would pass it closes the connection with
     /// [`CloseReason::OutputLimit`](crate::CloseReason::OutputLimit). Default 64 MiB.
     pub max_output: usize,
@@ -53,6 +59,11 @@ pub struct Config {
     /// Close a connection after this long without traffic in either direction, with
     /// [`CloseReason::IdleTimeout`](crate::CloseReason::IdleTimeout). Default none.
     pub idle_timeout: Option<Duration>,
+    /// Close a connection that has bytes queued when none of them has left for this long
+    /// (the peer stopped reading), with
+    /// [`CloseReason::SendTimeout`](crate::CloseReason::SendTimeout); like nginx's
+    /// `send_timeout`. Also bounds how long `close` waits for such a peer. Default 60 s.
+    pub send_timeout: Option<Duration>,
     /// Give up on an outbound connect after this long. Default 10 s.
     pub connect_timeout: Option<Duration>,
     /// How long to wait before accepting again after EMFILE/ENFILE. Default 100 ms.
@@ -82,13 +93,73 @@ impl Default for Config {
             low_watermark: 16 * 1024,
             pause_read_when_congested: true,
             max_output: 64 * 1024 * 1024,
+            max_input: 1024 * 1024,
             max_connections: 100_000,
             refusal_reply: None,
             idle_timeout: None,
+            send_timeout: Some(Duration::from_secs(60)),
             connect_timeout: Some(Duration::from_secs(10)),
             accept_retry: Duration::from_millis(100),
             linger: Duration::from_secs(2),
             catch_panics: true,
         }
+    }
+}
+
+impl Config {
+    /// Checks the settings: budgets, capacities and buffer sizes must be at least 1 (a zero
+    /// accept or datagram budget would spin without ever accepting), the low watermark at
+    /// most the high one, the high one at most `max_output`, and the backlog positive.
+    /// [`EventLoop::with_config`](crate::EventLoop::with_config) calls it.
+    pub fn validate(&self) -> std::io::Result<()> {
+        let positive = [
+            ("events_capacity", self.events_capacity),
+            ("read_buffer_size", self.read_buffer_size),
+            ("read_budget", self.read_budget),
+            ("accept_budget", self.accept_budget),
+            ("datagram_budget", self.datagram_budget),
+        ];
+        let fail = |why: String| Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, why));
+        for (name, value) in positive {
+            if value == 0 {
+                return fail(format!("Config::{name} must be at least 1"));
+            }
+        }
+        if self.low_watermark > self.high_watermark {
+            return fail(format!(
+                "Config::low_watermark ({}) is above high_watermark ({})",
+                self.low_watermark, self.high_watermark
+            ));
+        }
+        if self.high_watermark > self.max_output {
+            return fail(format!(
+                "Config::high_watermark ({}) is above max_output ({})",
+                self.high_watermark, self.max_output
+            ));
+        }
+        if self.backlog <= 0 {
+            return fail(format!("Config::backlog ({}) must be positive", self.backlog));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_zero_budgets_are_not() {
+        Config::default().validate().unwrap();
+        let mut c = Config::default();
+        c.accept_budget = 0;
+        let e = c.validate().unwrap_err();
+        assert!(e.to_string().contains("accept_budget"), "{e}");
+        let mut c = Config::default();
+        c.datagram_budget = 0;
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.low_watermark = c.high_watermark + 1;
+        assert!(c.validate().is_err());
     }
 }

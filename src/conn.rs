@@ -1,22 +1,26 @@
-//! One stream connection (TCP or Unix): its socket, output queue, state and interest.
+//! One stream connection (TCP or Unix) as a state machine: its socket, output queue, kept
+//! input and flags. Every operation acts on this connection's own socket only and returns
+//! the [`Effects`] the loop must apply (count bytes, re-register interest, read again next
+//! tick, close); `Core::apply` is the one place they are applied. So send, flush, the read
+//! step and close are testable on a socket pair without a loop.
 //!
-//! Reading: into the loop's one buffer, handed to `on_data` as a slice. On Linux a read
-//! shorter than the buffer means the socket's receive queue was empty at that moment, and
-//! edge-triggered epoll raises a new edge for any byte that arrives after it, so the loop
-//! stops there instead of paying one more `read` to hear `WouldBlock` (tokio does the same).
-//! The exception is an event that already said the peer closed its side: then no new edge
-//! will come, so reading goes on until it returns 0. Elsewhere reads go on until
-//! `WouldBlock`.
+//! Reading: into the loop's one buffer. On Linux a read shorter than the buffer means the
+//! socket's receive queue was empty at that moment, and edge-triggered epoll raises a new edge
+//! for any byte that arrives after it, so the loop stops there instead of paying one more
+//! `read` to hear `WouldBlock` (tokio does the same). The exception is an event that already
+//! said the peer closed its side: then no new edge will come, so reading goes on until it
+//! returns 0. Elsewhere reads go on until `WouldBlock`.
 //!
 //! Writing: `send` writes at once when nothing is queued; the remainder is queued in order
 //! and WRITABLE is asked for only while the queue holds bytes (a reregister on the way up
 //! and one on the way down).
 
-use crate::core::{Core, Kind, TimerKind, interrupted, live_in, would_block};
+use crate::input::Input;
 use crate::outbuf::{Flush, OutBuf};
-use crate::stream::Stream;
+use crate::stream::{Stream, interrupted, would_block};
 use crate::timers::TimerId;
-use crate::{CloseReason, ConnId, Handler, ListenerId, token::Key};
+use crate::{CloseReason, ListenerId, SendError};
+use bytes::Bytes;
 use mio::Interest;
 use std::io;
 use std::time::Instant;
@@ -33,9 +37,56 @@ pub(crate) enum State {
     Closing,
 }
 
+/// Per-connection override of the config's output limits and input bound.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    pub(crate) high: usize,
+    pub(crate) low: usize,
+    pub(crate) max_output: usize,
+    pub(crate) max_input: usize,
+}
+
+/// What the loop must do after an operation on one connection. Applied by `Core::apply`.
+#[derive(Debug, Default)]
+#[must_use]
+pub(crate) struct Effects {
+    /// Bytes the kernel took (for `Stats::bytes_out` and the idle clock).
+    pub(crate) written: usize,
+    /// The wanted interest changed: re-register.
+    pub(crate) reregister: bool,
+    /// Read again next tick: reading resumed, and edges that came meanwhile were not acted on.
+    pub(crate) ready: bool,
+    /// The queue fell from congested to the low watermark: `on_drain` is due.
+    pub(crate) drained: bool,
+    /// Close the connection for this reason.
+    pub(crate) close: Option<CloseReason>,
+}
+
+impl Effects {
+    fn close(reason: CloseReason) -> Effects {
+        Effects {
+            close: Some(reason),
+            ..Effects::default()
+        }
+    }
+}
+
+/// One step of the read loop.
+pub(crate) enum ReadStep {
+    /// `n` bytes; `drained` if a short read proved the socket empty.
+    Data(usize, bool),
+    /// The peer's FIN: recv returned 0.
+    Eof,
+    /// Nothing more to read now.
+    Blocked,
+    Error(io::Error),
+}
+
 pub(crate) struct Conn {
     pub(crate) stream: Stream,
     pub(crate) out: OutBuf,
+    /// Bytes the handler left unconsumed, presented again with the next ones.
+    pub(crate) input: Input,
     pub(crate) state: State,
     /// Set when the entry is marked dead; taken by the reaper for `on_close`.
     pub(crate) reason: Option<CloseReason>,
@@ -43,7 +94,15 @@ pub(crate) struct Conn {
     pub(crate) origin: Option<ListenerId>,
     /// The connect timer while connecting, the idle timer once open.
     pub(crate) timer: Option<TimerId>,
+    /// The handler's timers on this connection, cancelled when it closes.
+    pub(crate) user_timers: Vec<TimerId>,
+    /// The send deadline, running while bytes are queued (`Config::send_timeout`).
+    pub(crate) send_timer: Option<TimerId>,
     pub(crate) last_active: Instant,
+    /// The last time queued bytes left (or the queue started), for the send deadline.
+    pub(crate) last_write: Instant,
+    /// `None`: the config's.
+    pub(crate) limits: Option<Box<Limits>>,
     /// WRITABLE is in the registered interest.
     pub(crate) writable_armed: bool,
     /// An event reported the peer's side closed (RDHUP/HUP): read until 0.
@@ -59,16 +118,8 @@ pub(crate) struct Conn {
     /// `close` was called while connecting with bytes queued: once connected, flush them and
     /// close (state `Closing`) instead of dropping them.
     pub(crate) close_when_open: bool,
-    /// Watermarks and output cap set by `Context::set_output_limits`; `None`: the config's.
-    pub(crate) limits: Option<OutputLimits>,
-}
-
-/// Per-connection override of `Config::{high_watermark, low_watermark, max_output}`.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct OutputLimits {
-    pub(crate) high: usize,
-    pub(crate) low: usize,
-    pub(crate) max_output: usize,
+    /// Reading resumed: present the kept input again before reading more.
+    pub(crate) replay: bool,
 }
 
 impl Conn {
@@ -81,11 +132,16 @@ impl Conn {
         Conn {
             stream,
             out: OutBuf::new(),
+            input: Input::default(),
             state,
             reason: None,
             origin,
             timer: None,
+            user_timers: Vec::new(),
+            send_timer: None,
             last_active: now,
+            last_write: now,
+            limits: None,
             writable_armed: state == State::Connecting,
             read_closed: false,
             eof: false,
@@ -93,11 +149,13 @@ impl Conn {
             congested: false,
             shutdown_write: false,
             close_when_open: false,
-            limits: None,
+            replay: false,
         }
     }
 
-    fn wants_read(&self, pause_when_congested: bool) -> bool {
+    /// Whether the read loop should read (or present kept input) now.
+    #[inline]
+    pub(crate) fn wants_read(&self, pause_when_congested: bool) -> bool {
         self.state == State::Open
             && !self.eof
             && !self.paused
@@ -105,7 +163,7 @@ impl Conn {
     }
 
     /// Why a clean close ends: the peer's EOF came first, or we closed.
-    fn clean_reason(&self) -> CloseReason {
+    pub(crate) fn clean_reason(&self) -> CloseReason {
         if self.eof {
             CloseReason::PeerClosed
         } else {
@@ -120,368 +178,202 @@ impl Conn {
             Interest::READABLE
         }
     }
-}
 
-/// Reads from connection `key` until drained, EOF, an error, or the per-tick budget.
-/// Inlined into the dispatcher: this is the hottest path of the loop.
-#[inline]
-pub(crate) fn read<H: Handler>(core: &mut Core, handler: &mut H, buf: &mut [u8], key: Key) {
-    let id = ConnId(key);
-    let pause = core.config.pause_read_when_congested;
-    let stamp = core.activity_stamp();
-    let mut budget = core.config.read_budget;
-    loop {
-        let Some(conn) = core.conn_mut(key) else {
-            return;
-        };
-        if !conn.wants_read(pause) {
-            return;
-        }
-        match conn.stream.read(buf) {
-            Ok(0) => {
-                conn.eof = true;
-                core.invoke(handler, Some(key), |h, cx| h.on_peer_eof(cx, id));
-                return;
-            }
-            Ok(n) => {
-                let drained = SHORT_READ_DRAINS && n < buf.len() && !conn.read_closed;
-                if let Some(t) = stamp {
-                    conn.last_active = t;
-                }
-                core.stats.bytes_in += n as u64;
-                core.invoke(handler, Some(key), |h, cx| h.on_data(cx, id, &buf[..n]));
-                if drained {
-                    return;
-                }
-                budget = budget.saturating_sub(n);
-                if budget == 0 {
-                    // Others' turn; edge-triggered readiness will not remind us, the list will.
-                    core.ready.push(key);
-                    return;
-                }
-            }
-            // Drained: the next byte raises a new edge.
-            Err(e) if would_block(&e) => return,
-            Err(e) if interrupted(&e) => {}
-            Err(e) => {
-                core.kill(key, CloseReason::Error(e));
-                return;
-            }
-        }
-    }
-}
-
-/// WRITABLE on connection `key`: finish a connect, or flush the queue.
-pub(crate) fn writable<H: Handler>(core: &mut Core, handler: &mut H, key: Key) {
-    match core.conn_mut(key) {
-        Some(conn) if conn.state == State::Connecting => finish_connect(core, handler, key),
-        Some(_) => flush(core, handler, key),
-        None => {}
-    }
-}
-
-/// Writes queued bytes; runs `on_drain` if the queue fell from congested to the low mark.
-pub(crate) fn flush<H: Handler>(core: &mut Core, handler: &mut H, key: Key) {
-    if core.flush_queue(key) {
-        core.invoke(handler, Some(key), |h, cx| h.on_drain(cx, ConnId(key)));
-    }
-}
-
-/// First WRITABLE of an outbound connect: the socket error says whether it worked, and a
-/// peer address says it is really connected (an early spurious wake-up has neither).
-fn finish_connect<H: Handler>(core: &mut Core, handler: &mut H, key: Key) {
-    let Some(conn) = core.conn_mut(key) else {
-        return;
-    };
-    let failure = match conn.stream.take_error() {
-        Ok(Some(e)) | Err(e) => Some(e),
-        Ok(None) => match conn.stream.peer_addr() {
-            Ok(_) => None,
-            // Not connected yet: wait for the next edge.
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
-            Err(e) => Some(e),
-        },
-    };
-    if let Some(e) = failure {
-        core.kill(key, CloseReason::ConnectFailed(e));
-        return;
-    }
-    conn.state = if conn.close_when_open {
-        State::Closing
-    } else {
-        State::Open
-    };
-    let timer = conn.timer.take();
-    if let Some(t) = timer {
-        core.timers.cancel(t);
-    }
-    core.arm_idle_timer(key);
-    core.invoke(handler, Some(key), |h, cx| h.on_open(cx, ConnId(key)));
-    // Sends made while connecting or in on_open; drops WRITABLE if nothing is left.
-    flush(core, handler, key);
-}
-
-impl Core {
-    /// Buffered sendall: write now if nothing is queued, queue the rest in order.
-    /// Inlined: the common case (open, nothing queued, the kernel takes it all) is one check
-    /// of the entry and one `send`; queueing is out of line in `conn_queue`.
+    /// Whether `send` takes bytes now, and if not, why.
     #[inline]
-    pub(crate) fn conn_send(&mut self, key: Key, data: &[u8]) -> bool {
-        let stamp = self.activity_stamp();
-        let Some(Kind::Conn(conn)) = live_in(&mut self.slab, key) else {
-            return false;
-        };
-        if conn.state == State::Closing || conn.shutdown_write || conn.close_when_open {
-            return false;
+    pub(crate) fn accepts_output(&self) -> Result<(), SendError> {
+        if self.state == State::Closing || self.close_when_open {
+            Err(SendError::Closing)
+        } else if self.shutdown_write {
+            Err(SendError::WriteShut)
+        } else {
+            Ok(())
         }
-        let mut rest = data;
-        if conn.out.is_empty() && conn.state == State::Open {
-            loop {
-                match conn.stream.send(rest) {
-                    Ok(n) => {
-                        rest = &rest[n..];
-                        if let Some(t) = stamp {
-                            conn.last_active = t;
-                        }
-                        self.stats.bytes_out += n as u64;
-                        break;
-                    }
-                    Err(e) if would_block(&e) => break,
-                    Err(e) if interrupted(&e) => {}
-                    Err(e) => {
-                        self.kill(key, CloseReason::Error(e));
-                        return false;
-                    }
+    }
+
+    /// One read into `buf`, retrying `Interrupted`.
+    #[inline]
+    pub(crate) fn read_step(&mut self, buf: &mut [u8]) -> ReadStep {
+        loop {
+            return match self.stream.read(buf) {
+                Ok(0) => {
+                    self.eof = true;
+                    ReadStep::Eof
                 }
+                Ok(n) => ReadStep::Data(n, SHORT_READ_DRAINS && n < buf.len() && !self.read_closed),
+                Err(e) if would_block(&e) => ReadStep::Blocked,
+                Err(e) if interrupted(&e) => continue,
+                Err(e) => ReadStep::Error(e),
+            };
+        }
+    }
+
+    /// Buffered sendall: write now if nothing is queued, queue the rest in order (as a copy,
+    /// or as `shared` without one when given). Check `accepts_output` first.
+    #[inline]
+    pub(crate) fn send(
+        &mut self,
+        data: &[u8],
+        shared: Option<&Bytes>,
+        high: usize,
+        max_output: usize,
+    ) -> Effects {
+        let mut written = 0;
+        if self.out.is_empty() && self.state == State::Open {
+            loop {
+                match self.stream.send(data) {
+                    Ok(n) => written = n,
+                    Err(e) if would_block(&e) => {}
+                    Err(e) if interrupted(&e) => continue,
+                    Err(e) => return Effects::close(CloseReason::Error(e)),
+                }
+                break;
             }
-            if rest.is_empty() {
-                return true;
+            if written == data.len() {
+                return Effects {
+                    written,
+                    ..Effects::default()
+                };
             }
         }
-        self.conn_queue(key, rest)
+        let mut effects = self.queue(&data[written..], shared.map(|b| b.slice(written..)), high, max_output);
+        effects.written = written;
+        effects
     }
 
     /// Queues what `send` could not write now: checks the output limit, marks congestion
     /// and arms WRITABLE.
     #[cold]
     #[inline(never)]
-    fn conn_queue(&mut self, key: Key, rest: &[u8]) -> bool {
-        let (max_output, high) = (self.config.max_output, self.config.high_watermark);
-        let conn = self.conn_mut(key).expect("checked live by conn_send");
-        let (max_output, high) = conn
-            .limits
-            .map_or((max_output, high), |l| (l.max_output, l.high));
-        if conn.out.len() + rest.len() > max_output {
-            log::warn!(
-                "{}: output limit of {max_output} bytes reached",
-                ConnId(key)
-            );
-            self.kill(key, CloseReason::OutputLimit);
-            return false;
+    fn queue(&mut self, rest: &[u8], shared: Option<Bytes>, high: usize, max_output: usize) -> Effects {
+        if self.out.len().saturating_add(rest.len()) > max_output {
+            return Effects::close(CloseReason::OutputLimit);
         }
-        conn.out.push(rest);
-        if conn.out.len() > high {
-            conn.congested = true;
+        match shared {
+            Some(bytes) => self.out.push_shared(bytes),
+            None => self.out.push(rest),
         }
-        if !conn.writable_armed {
-            conn.writable_armed = true;
-            self.reregister_conn(key);
+        if self.out.len() > high {
+            self.congested = true;
         }
-        true
+        let reregister = !self.writable_armed;
+        self.writable_armed = true;
+        Effects {
+            reregister,
+            ..Effects::default()
+        }
     }
 
-    /// Writes the queue; returns true when the connection stops being congested. Finishes a
-    /// pending close or write shutdown once the queue is empty.
-    pub(crate) fn flush_queue(&mut self, key: Key) -> bool {
-        let (stamp, low) = (self.activity_stamp(), self.config.low_watermark);
-        let Some(Kind::Conn(conn)) = live_in(&mut self.slab, key) else {
-            return false;
+    /// Writes the queue; finishes a pending close or write shutdown once it is empty, and
+    /// says when congestion cleared (`drained`, `ready`).
+    pub(crate) fn flush(&mut self, low: usize) -> Effects {
+        if self.state == State::Connecting {
+            return Effects::default();
+        }
+        let stream = &self.stream;
+        let (written, result) = self.out.flush_with(|bufs| stream.send_vectored(bufs));
+        let mut effects = Effects {
+            written,
+            ..Effects::default()
         };
-        let low = conn.limits.map_or(low, |l| l.low);
-        if conn.state == State::Connecting {
-            return false;
-        }
-        let stream = &conn.stream;
-        let (written, result) = conn.out.flush_with(|bufs| stream.send_vectored(bufs));
-        if let (true, Some(t)) = (written > 0, stamp) {
-            conn.last_active = t;
-        }
-        self.stats.bytes_out += written as u64;
-        let conn = self.conn_mut(key).expect("live above");
         match result {
             Err(e) => {
-                self.kill(key, CloseReason::Error(e));
-                return false;
+                effects.close = Some(CloseReason::Error(e));
+                return effects;
             }
             Ok(Flush::Blocked) => {}
             Ok(Flush::Done) => {
-                if conn.shutdown_write {
-                    let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+                if self.shutdown_write {
+                    let _ = self.stream.shutdown(std::net::Shutdown::Write);
                 }
-                if conn.state == State::Closing {
-                    let reason = conn.clean_reason();
-                    self.kill(key, reason);
-                    return false;
+                if self.state == State::Closing {
+                    effects.close = Some(self.clean_reason());
+                    return effects;
                 }
-                if conn.writable_armed {
-                    conn.writable_armed = false;
-                    self.reregister_conn(key);
+                if self.writable_armed {
+                    self.writable_armed = false;
+                    effects.reregister = true;
                 }
             }
         }
-        let conn = self.conn_mut(key).expect("live above");
-        if conn.congested && conn.out.len() <= low {
-            conn.congested = false;
+        if self.congested && self.out.len() <= low {
+            self.congested = false;
             // Reading was paused while congested, and its edges were not acted on.
-            self.ready.push(key);
-            return true;
+            self.replay = true;
+            effects.ready = true;
+            effects.drained = true;
         }
-        false
+        effects
     }
 
-    /// Graceful close: flush what is queued, then FIN.
-    pub(crate) fn conn_close(&mut self, key: Key) {
-        let Some(conn) = self.conn_mut(key) else {
-            return;
-        };
-        if conn.state == State::Closing {
-            // Already flushing towards a close (e.g. `close` again from `on_drain`): killing
-            // it now would drop the queue.
-            return;
-        }
-        if conn.state == State::Open && !conn.out.is_empty() {
-            conn.state = State::Closing;
-            return;
-        }
-        if conn.state == State::Connecting && !conn.out.is_empty() {
+    /// Graceful close: flush what is queued, then FIN. `None`: later, when the queue empties.
+    pub(crate) fn close(&mut self) -> Option<CloseReason> {
+        match self.state {
+            // Already flushing towards a close (e.g. `close` again from `on_drain`): closing
+            // now would drop the queue.
+            State::Closing => None,
+            State::Open if !self.out.is_empty() => {
+                self.state = State::Closing;
+                None
+            }
             // Sends made while connecting are owed too: flush them once connected.
-            conn.close_when_open = true;
-            return;
+            State::Connecting if !self.out.is_empty() => {
+                self.close_when_open = true;
+                None
+            }
+            _ => Some(self.clean_reason()),
         }
-        let reason = conn.clean_reason();
-        self.kill(key, reason);
     }
 
-    /// Drop the queue and reset the connection now.
-    pub(crate) fn conn_abort(&mut self, key: Key) {
-        self.conn_reset(key, CloseReason::Aborted);
-    }
-
-    /// Drops the queue and closes with RST (SO_LINGER 0) rather than FIN, so nothing the
+    /// Drops the queue and arranges an RST (SO_LINGER 0) rather than FIN, so nothing the
     /// kernel still holds trickles out afterwards: abort, shutdown deadline, panics.
-    pub(crate) fn conn_reset(&mut self, key: Key, reason: CloseReason) {
-        let Some(conn) = self.conn_mut(key) else {
-            return;
-        };
-        conn.out.clear();
-        if conn.stream.is_tcp() {
-            let _ = conn
-                .stream
-                .sock()
-                .set_linger(Some(std::time::Duration::ZERO));
-        }
-        self.kill(key, reason);
-    }
-
-    /// FIN after the queue drains, keep reading.
-    pub(crate) fn conn_shutdown_write(&mut self, key: Key) {
-        let Some(conn) = self.conn_mut(key) else {
-            return;
-        };
-        conn.shutdown_write = true;
-        if conn.out.is_empty() && conn.state == State::Open {
-            let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+    pub(crate) fn reset(&mut self) {
+        self.out.clear();
+        if self.stream.is_tcp() {
+            let _ = self.stream.sock().set_linger(Some(std::time::Duration::ZERO));
         }
     }
 
-    /// `Context::set_output_limits`: the new marks apply from the next send or flush; a
-    /// queue already above the new high mark is congested now (a WRITABLE edge is pending
-    /// for it, so the flush that clears it will come).
-    pub(crate) fn conn_set_limits(
-        &mut self,
-        key: Key,
-        high: usize,
-        low: usize,
-        max: usize,
-    ) -> bool {
-        let Some(conn) = self.conn_mut(key) else {
-            return false;
-        };
-        conn.limits = Some(OutputLimits {
-            high,
-            low: low.min(high),
-            max_output: max,
-        });
-        if conn.out.len() > high {
-            conn.congested = true;
-        }
-        true
-    }
-
-    pub(crate) fn conn_set_paused(&mut self, key: Key, paused: bool) {
-        let Some(conn) = self.conn_mut(key) else {
-            return;
-        };
-        let was = conn.paused;
-        conn.paused = paused;
-        if was && !paused {
-            // Edges that came while paused were not acted on: read next tick.
-            self.ready.push(key);
+    /// FIN after the queue drains; reading goes on.
+    pub(crate) fn shutdown_write(&mut self) {
+        self.shutdown_write = true;
+        if self.out.is_empty() && self.state == State::Open {
+            let _ = self.stream.shutdown(std::net::Shutdown::Write);
         }
     }
 
-    fn reregister_conn(&mut self, key: Key) {
-        let Some(Kind::Conn(conn)) = live_in(&mut self.slab, key) else {
-            return;
-        };
-        let interest = conn.interest();
-        if let Err(e) = self
-            .registry
-            .reregister(conn.stream.source(), key.token(), interest)
-        {
-            self.kill(key, CloseReason::Error(e));
+    /// Pauses or resumes reading; resuming reads (and presents kept input) next tick.
+    pub(crate) fn set_paused(&mut self, paused: bool) -> Effects {
+        let resumed = self.paused && !paused;
+        self.paused = paused;
+        self.replay |= resumed;
+        Effects {
+            ready: resumed,
+            ..Effects::default()
         }
     }
 
-    pub(crate) fn arm_idle_timer(&mut self, key: Key) {
-        if let Some(idle) = self.config.idle_timeout {
-            let timer = self
-                .timers
-                .insert(self.now() + idle, None, TimerKind::Idle(key));
-            if let Some(conn) = self.conn_mut(key) {
-                conn.timer = Some(timer);
-            }
+    /// The first WRITABLE of an outbound connect: `Ok(true)` connected, `Ok(false)` not yet
+    /// (a spurious early wake-up has neither an error nor a peer address), `Err` failed.
+    pub(crate) fn finish_connect(&mut self) -> Result<bool, io::Error> {
+        match self.stream.take_error() {
+            Ok(Some(e)) | Err(e) => return Err(e),
+            Ok(None) => {}
         }
-    }
-
-    /// The idle timer fired: close if there was no traffic since, else re-arm it for the
-    /// rest of the period. (Traffic only stamps `last_active`; the timer is never moved on
-    /// the data path.)
-    pub(crate) fn idle_check(&mut self, key: Key) {
-        let (now, Some(idle)) = (self.now(), self.config.idle_timeout) else {
-            return;
-        };
-        let Some(conn) = self.conn_mut(key) else {
-            return;
-        };
-        let due = conn.last_active + idle;
-        if due <= now {
-            conn.timer = None;
-            self.kill(key, CloseReason::IdleTimeout);
+        match self.stream.peer_addr() {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        self.state = if self.close_when_open {
+            State::Closing
         } else {
-            let timer = self.timers.insert(due, None, TimerKind::Idle(key));
-            if let Some(conn) = self.conn_mut(key) {
-                conn.timer = Some(timer);
-            }
-        }
-    }
-
-    pub(crate) fn connect_timed_out(&mut self, key: Key) {
-        if let Some(Kind::Conn(conn)) = self.live_mut(key) {
-            if conn.state == State::Connecting {
-                conn.timer = None;
-                self.kill(key, CloseReason::ConnectTimeout);
-            }
-        }
+            State::Open
+        };
+        Ok(true)
     }
 }
+
+#[cfg(test)]
+#[path = "conn_tests.rs"]
+mod tests;

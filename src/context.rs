@@ -6,33 +6,81 @@ use crate::listener::{Listener, ListenerEntry};
 use crate::sockopt::{self, ListenOptions, UdpOptions};
 use crate::stream::Stream;
 use crate::timers::TimerId;
+use crate::token::Key;
 use crate::udp::{Dgram, DgramSocket};
-use crate::{Addr, ConnId, ListenerId, Stats, UdpId};
+use crate::{Addr, ConnId, Handler, ListenerId, SendError, Stats, UdpId};
+use bytes::Bytes;
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+/// Work deferred to the next tick with [`Context::defer`].
+pub(crate) type Deferred<H> = Box<dyn FnOnce(&mut H, &mut Context<'_, H>) + Send>;
+
+/// What a callback leaves for the loop that needs the handler's types: states of
+/// connections it started, work it deferred.
+pub(crate) struct Pending<H: Handler> {
+    /// Outbound connections' states, moved beside their connections after the callback.
+    pub(crate) states: Vec<(Key, H::Conn)>,
+    pub(crate) deferred: Vec<Deferred<H>>,
+}
+
+impl<H: Handler> Default for Pending<H> {
+    fn default() -> Self {
+        Pending {
+            states: Vec::new(),
+            deferred: Vec::new(),
+        }
+    }
+}
+
 /// The loop as a handler sees it: send, close, connect, listen, set timers, stop.
 ///
 /// Every method that takes an id checks that the id is still live: a call with the id of a
-/// connection that has closed does nothing (and returns `false`, `None` or an error), even
+/// connection that has closed does nothing (and returns an error, `false` or `None`), even
 /// if a newer connection now holds its slot.
-pub struct Context<'a> {
+pub struct Context<'a, H: Handler> {
     pub(crate) core: &'a mut Core,
+    pub(crate) pending: &'a mut Pending<H>,
 }
 
-impl Context<'_> {
+impl<H: Handler> Context<'_, H> {
     // ---- TCP and Unix stream connections ----
 
     /// Buffered sendall: writes what the kernel takes now and queues the rest, in order,
-    /// to go out as the socket drains. Returns `false` if the connection is not open (closed,
-    /// closing, or its write side shut), or if the bytes would pass the output limit, in
-    /// which case the connection is closed with
-    /// [`CloseReason::OutputLimit`](crate::CloseReason::OutputLimit).
+    /// to go out as the socket drains.
+    ///
+    /// Cost: when nothing is queued for `conn` this is one `send(2)`, so reply once per
+    /// read (gather a read's replies in a buffer, then send it) rather than once per small
+    /// message. Only what the kernel does not take is copied into the queue.
+    ///
+    /// Refused with a [`SendError`] if the connection is closed, closing, or its write side
+    /// shut, or if the bytes would pass the output limit, in which case the connection is
+    /// closed with [`CloseReason::OutputLimit`](crate::CloseReason::OutputLimit). Nothing of
+    /// a refused send is queued.
     #[inline]
-    pub fn send(&mut self, conn: ConnId, data: &[u8]) -> bool {
-        self.core.conn_send(conn.0, data)
+    pub fn send(&mut self, conn: ConnId, data: &[u8]) -> Result<(), SendError> {
+        self.core.conn_send(conn.0, data, None)
+    }
+
+    /// [`send`](Self::send) for bytes held in a shared, reference-counted buffer: what the
+    /// kernel does not take now is queued as a reference to `data`, not a copy.
+    pub fn send_shared(&mut self, conn: ConnId, data: &Bytes) -> Result<(), SendError> {
+        self.core.conn_send(conn.0, data, Some(data))
+    }
+
+    /// Sends the same bytes to many connections. They are copied once into a shared buffer;
+    /// every connection that cannot take them at once queues a reference to it, so a
+    /// broadcast to a thousand congested readers holds the bytes once, not a thousand
+    /// times. Returns how many connections took them; the others refused as
+    /// [`send`](Self::send) would.
+    pub fn broadcast(&mut self, conns: impl IntoIterator<Item = ConnId>, data: &[u8]) -> usize {
+        let shared = Bytes::copy_from_slice(data);
+        conns
+            .into_iter()
+            .filter(|c| self.core.conn_send(c.0, &shared, Some(&shared)).is_ok())
+            .count()
     }
 
     /// Closes gracefully: everything queued is sent, then FIN. Reading stops now.
@@ -43,13 +91,15 @@ impl Context<'_> {
 
     /// Closes now: the queue is dropped and a TCP connection is reset (RST).
     pub fn abort(&mut self, conn: ConnId) {
-        self.core.conn_abort(conn.0)
+        self.core.conn_reset(conn.0, crate::CloseReason::Aborted)
     }
 
     /// Shuts our write side (FIN) once the queue drains, and keeps reading: the other half
     /// of a half-close. Later sends return `false`.
     pub fn shutdown_write(&mut self, conn: ConnId) {
-        self.core.conn_shutdown_write(conn.0)
+        if let Some(c) = self.core.conn_mut(conn.0) {
+            c.shutdown_write();
+        }
     }
 
     /// Stops handing over data from `conn` (the kernel's buffer then fills and the peer
@@ -58,7 +108,8 @@ impl Context<'_> {
         self.core.conn_set_paused(conn.0, true)
     }
 
-    /// Resumes reading after [`pause_read`](Self::pause_read).
+    /// Resumes reading after [`pause_read`](Self::pause_read). Input the handler left
+    /// unconsumed is presented again first (next tick), even if no new byte arrives.
     pub fn resume_read(&mut self, conn: ConnId) {
         self.core.conn_set_paused(conn.0, false)
     }
@@ -159,27 +210,55 @@ impl Context<'_> {
         low: usize,
         max_output: usize,
     ) -> bool {
-        self.core.conn_set_limits(conn.0, high, low, max_output)
+        self.core.conn_set_limits(conn.0, |l| {
+            (l.high, l.low, l.max_output) = (high, low, max_output);
+        })
     }
 
-    /// Starts a non-blocking TCP connect (the event-loop connect_ex). The connection is
-    /// handed to `on_open` once connected, or to `on_close` with
+    /// Overrides [`Config::max_input`](crate::Config::max_input) for this connection: the
+    /// most input it may leave unconsumed (a protocol with large frames raises it, an
+    /// untrusted peer gets less). Checked the next time input is kept. Returns `false` if
+    /// `conn` is not open.
+    pub fn set_input_limit(&mut self, conn: ConnId, max_input: usize) -> bool {
+        self.core.conn_set_limits(conn.0, |l| l.max_input = max_input)
+    }
+
+    /// Bytes of input `conn` left unconsumed, kept by the loop; `None` if it is not open.
+    pub fn kept_input(&mut self, conn: ConnId) -> Option<usize> {
+        self.core.conn_mut(conn.0).map(|c| c.input.len())
+    }
+
+    /// Starts a non-blocking TCP connect (the event-loop connect_ex), with `state` as the
+    /// connection's state. The connection is handed to `on_open` once connected, or to
+    /// `on_close` (with its state) with
     /// [`CloseReason::ConnectFailed`](crate::CloseReason::ConnectFailed) or
     /// [`ConnectTimeout`](crate::CloseReason::ConnectTimeout) if it never does. Sends made
-    /// before it opens are queued.
-    pub fn connect(&mut self, addr: SocketAddr) -> io::Result<ConnId> {
+    /// before it opens are queued. Fails while the loop is shutting down.
+    pub fn connect(&mut self, addr: SocketAddr, state: H::Conn) -> io::Result<ConnId> {
+        self.refuse_during_shutdown()?;
         let stream = mio::net::TcpStream::connect(addr)?;
-        self.core
-            .register_conn(Stream::Tcp(stream), State::Connecting, None)
-            .map(ConnId)
+        self.add_outbound(Stream::Tcp(stream), state)
     }
 
     /// Connects to a Unix stream socket at `path`, as [`connect`](Self::connect) does.
-    pub fn connect_unix(&mut self, path: impl AsRef<Path>) -> io::Result<ConnId> {
+    pub fn connect_unix(&mut self, path: impl AsRef<Path>, state: H::Conn) -> io::Result<ConnId> {
+        self.refuse_during_shutdown()?;
         let stream = mio::net::UnixStream::connect(path)?;
-        self.core
-            .register_conn(Stream::Unix(stream), State::Connecting, None)
-            .map(ConnId)
+        self.add_outbound(Stream::Unix(stream), state)
+    }
+
+    fn add_outbound(&mut self, stream: Stream, state: H::Conn) -> io::Result<ConnId> {
+        let key = self.core.register_conn(stream, State::Connecting, None)?;
+        self.pending.states.push((key, state));
+        Ok(ConnId(key))
+    }
+
+    /// New sockets are refused while shutting down, so a shutdown always ends.
+    fn refuse_during_shutdown(&self) -> io::Result<()> {
+        if self.core.shutdown.is_some() {
+            return Err(io::Error::other("the loop is shutting down"));
+        }
+        Ok(())
     }
 
     fn conn(&mut self, conn: ConnId) -> io::Result<&mut crate::conn::Conn> {
@@ -202,6 +281,7 @@ impl Context<'_> {
         addr: SocketAddr,
         opts: &ListenOptions,
     ) -> io::Result<ListenerId> {
+        self.refuse_during_shutdown()?;
         let l = sockopt::tcp_listener(addr, opts, &self.core.config)?;
         self.add_listener(Listener::Tcp(l))
     }
@@ -209,6 +289,7 @@ impl Context<'_> {
     /// Listens on a Unix stream socket at `path`. A stale socket file left by a dead
     /// process is replaced; a path a live server listens on is an `AddrInUse` error.
     pub fn listen_unix(&mut self, path: impl AsRef<Path>) -> io::Result<ListenerId> {
+        self.refuse_during_shutdown()?;
         let path = path.as_ref();
         let l = crate::unix::bind_listener(path)?;
         self.add_listener(Listener::Unix(l, path.to_path_buf()))
@@ -218,6 +299,7 @@ impl Context<'_> {
         let entry = ListenerEntry {
             socket,
             backing_off: false,
+            failures: 0,
         };
         self.core
             .register_entry(Kind::Listener(entry))
@@ -248,6 +330,7 @@ impl Context<'_> {
 
     /// Binds a UDP socket with options (SO_BROADCAST, SO_REUSEADDR/PORT, buffer sizes).
     pub fn bind_udp_with(&mut self, addr: SocketAddr, opts: &UdpOptions) -> io::Result<UdpId> {
+        self.refuse_during_shutdown()?;
         let socket = sockopt::udp_socket(addr, opts)?;
         self.add_dgram(DgramSocket::Udp(socket))
     }
@@ -256,6 +339,7 @@ impl Context<'_> {
     /// [`listen_unix`](Self::listen_unix)); `None` makes an unbound one, which can send
     /// but not be answered.
     pub fn bind_unix_datagram(&mut self, path: Option<&Path>) -> io::Result<UdpId> {
+        self.refuse_during_shutdown()?;
         let socket = match path {
             Some(p) => crate::unix::bind_datagram(p)?,
             None => mio::net::UnixDatagram::unbound()?,
@@ -285,10 +369,11 @@ impl Context<'_> {
         }
     }
 
-    /// The UDP socket itself, for options evloop has no method for (multicast, TTL, ...).
-    pub fn udp_socket(&mut self, socket: UdpId) -> io::Result<&mio::net::UdpSocket> {
+    /// The datagram socket itself, for options evloop has no method for (multicast, TTL,
+    /// ...): a `socket2::SockRef` borrows it; don't close it or change its blocking mode.
+    pub fn udp_socket(&mut self, socket: UdpId) -> io::Result<socket2::SockRef<'_>> {
         match self.core.live_mut(socket.0) {
-            Some(Kind::Dgram(d)) => d.socket.udp().ok_or(io::ErrorKind::InvalidInput.into()),
+            Some(Kind::Dgram(d)) => Ok(d.socket.sock()),
             _ => Err(io::ErrorKind::NotFound.into()),
         }
     }
@@ -302,25 +387,42 @@ impl Context<'_> {
 
     // ---- Timers and the loop ----
 
-    /// Sets a one-shot timer: `on_timer` runs with the returned id after `after`.
+    /// Sets a one-shot timer: `on_timer` runs with the returned id after `after`. A delay
+    /// too long to represent (`Duration::MAX`) means never.
     pub fn set_timer(&mut self, after: Duration) -> TimerId {
-        let now = self.core.now();
-        self.core.timers.insert(now + after, None, TimerKind::User)
+        self.core.set_timer(after, None, TimerKind::User)
     }
 
     /// Sets a repeating timer: `on_timer` runs every `period` until cancelled.
     pub fn set_interval(&mut self, period: Duration) -> TimerId {
-        let now = self.core.now();
-        self.core
-            .timers
-            .insert(now + period, Some(period), TimerKind::User)
+        self.core.set_timer(period, Some(period), TimerKind::User)
     }
 
-    /// Cancels a timer; returns whether it was still pending. Ids are never reused, so an
-    /// old id cannot cancel a newer timer.
+    /// Sets a one-shot timer on a connection (a request timeout, a keep-alive): after
+    /// `after`, `on_conn_timer` runs with the connection's state. It is cancelled when the
+    /// connection closes. `None` if `conn` is not open.
+    pub fn set_conn_timer(&mut self, conn: ConnId, after: Duration) -> Option<TimerId> {
+        self.core.set_conn_timer(conn.0, after, None)
+    }
+
+    /// A repeating timer on a connection (pacing, heartbeats), as
+    /// [`set_conn_timer`](Self::set_conn_timer).
+    pub fn set_conn_interval(&mut self, conn: ConnId, period: Duration) -> Option<TimerId> {
+        self.core.set_conn_timer(conn.0, period, Some(period))
+    }
+
+    /// Cancels a timer set by the handler; returns whether it was still pending. Ids are
+    /// never reused, so an old id cannot cancel a newer timer, and the loop's own timers
+    /// (idle, linger, shutdown ...) cannot be cancelled through here.
     pub fn cancel_timer(&mut self, timer: TimerId) -> bool {
-        // Internal timers' ids are never handed out, so this can only hit a user timer.
-        self.core.timers.cancel(timer).is_some()
+        self.core.cancel_user_timer(timer)
+    }
+
+    /// Runs `work` on the loop thread at the start of the next tick, after this callback and
+    /// the rest of this tick's events: next-tick work without a zero-delay timer. The poll
+    /// does not sleep while deferred work waits.
+    pub fn defer(&mut self, work: impl FnOnce(&mut H, &mut Context<'_, H>) + Send + 'static) {
+        self.pending.deferred.push(Box::new(work));
     }
 
     /// The time this tick started (one clock read per tick).
@@ -341,8 +443,13 @@ impl Context<'_> {
     /// Starts a graceful shutdown: stop accepting, flush every connection and close it with
     /// FIN; peers that have not taken their bytes by `deadline` are cut off with
     /// [`CloseReason::Shutdown`](crate::CloseReason::Shutdown). `run()` returns when no
-    /// connection is left.
+    /// connection is left. New connects, listens and binds fail from now on.
     pub fn shutdown(&mut self, deadline: Duration) {
         self.core.begin_shutdown(deadline);
+    }
+
+    /// Whether a graceful shutdown is under way: new connects, listens and binds fail.
+    pub fn is_shutting_down(&self) -> bool {
+        self.core.shutdown.is_some()
     }
 }

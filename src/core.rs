@@ -1,41 +1,27 @@
-//! `Core`: the loop's state that callbacks may change through a `Context`: the slab of
-//! entries, the registry, timers, counters and the lists that carry work across a tick.
+//! `Core`: the loop's state that a `Context` may change: the slab of entries, the registry,
+//! timers, counters and the lists that carry work across a tick. It knows nothing of the
+//! handler: callbacks are made by `dispatch.rs`, which owns the handler's side.
 //!
 //! Invariant: an entry is only ever *marked* dead while a tick runs (`kill`); the reaper at
 //! the end of the tick runs its `on_close` and frees its slot. Everything that acts on a key
 //! looks it up with `live_mut`, which checks slot, generation and liveness, so stale keys,
-//! stale tokens and dead entries are all dropped in one place.
+//! stale tokens and dead entries are all dropped in one place. Connections change only
+//! through `Conn`'s operations, whose `Effects` are applied here, by `apply`.
 
-use crate::conn::{Conn, State};
+use crate::conn::{Conn, Effects, Limits, State};
 use crate::linger::Linger;
 use crate::listener::ListenerEntry;
 use crate::stream::Stream;
-use crate::timers::Timers;
+use crate::timers::{TimerId, Timers, deadline_after};
 use crate::udp::Dgram;
-use crate::{CloseReason, Config, ConnId, Context, Handler, ListenerId, Stats, token::Key};
+use crate::{CloseReason, Config, ConnId, ListenerId, SendError, Stats, UdpId, token::Key};
+use bytes::Bytes;
 use mio::{Interest, Registry};
 use slab::Slab;
 use std::cell::Cell;
+use std::collections::VecDeque;
 use std::io;
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::time::Instant;
-
-pub(crate) fn would_block(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::WouldBlock
-}
-
-pub(crate) fn interrupted(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::Interrupted
-}
-
-/// `Core::live_mut` on the slab alone, for code that also needs the registry or counters.
-#[inline]
-pub(crate) fn live_in(slab: &mut Slab<Entry>, key: Key) -> Option<&mut Kind> {
-    match slab.get_mut(key.slot as usize) {
-        Some(e) if e.generation == key.generation && !e.dead => Some(&mut e.kind),
-        _ => None,
-    }
-}
+use std::time::{Duration, Instant};
 
 pub(crate) enum Kind {
     Listener(ListenerEntry),
@@ -57,10 +43,14 @@ pub(crate) struct Entry {
 pub(crate) enum TimerKind {
     /// Set by the handler: fires `on_timer`.
     User,
+    /// Set by the handler on a connection: fires `on_conn_timer`; cancelled when it closes.
+    UserConn(Key),
     Idle(Key),
     Connect(Key),
     AcceptRetry(Key),
     Linger(Key),
+    /// No write progress on a connection with bytes queued for `Config::send_timeout`?
+    SendTimeout(Key),
     ShutdownDeadline,
 }
 
@@ -68,7 +58,7 @@ pub(crate) enum TimerKind {
 pub(crate) struct Shutdown {
     /// The deadline timer: cancelled if the shutdown finishes first, so it cannot cut a
     /// later shutdown short.
-    pub(crate) timer: Option<crate::timers::TimerId>,
+    pub(crate) timer: Option<TimerId>,
 }
 
 pub(crate) struct Core {
@@ -84,9 +74,25 @@ pub(crate) struct Core {
     /// poll does not sleep while any are waiting.
     pub(crate) ready: Vec<Key>,
     /// Entries marked dead this tick: `on_close`, then free, at the end of the tick.
-    pub(crate) closing: Vec<Key>,
+    pub(crate) closing: VecDeque<Key>,
+    /// Lingering sockets, oldest first (keys of ones that already ended are skipped): the
+    /// oldest is dropped when room is needed under `max_connections`.
+    lingering: VecDeque<Key>,
     pub(crate) stopped: bool,
     pub(crate) shutdown: Option<Shutdown>,
+}
+
+/// Refused connections may linger (so their refusal reply is not destroyed by an RST) up to
+/// this many sockets beyond `max_connections`; past it they are closed at once.
+const REFUSAL_SLACK: u64 = 16;
+
+/// The entry `key` names in `slab`, if it is still that entry and not marked dead.
+#[inline]
+pub(crate) fn live_in(slab: &mut Slab<Entry>, key: Key) -> Option<&mut Kind> {
+    match slab.get_mut(key.slot as usize) {
+        Some(e) if e.generation == key.generation && !e.dead => Some(&mut e.kind),
+        _ => None,
+    }
 }
 
 impl Core {
@@ -100,7 +106,8 @@ impl Core {
             timers: Timers::new(),
             clock: Cell::new(None),
             ready: Vec::new(),
-            closing: Vec::new(),
+            closing: VecDeque::new(),
+            lingering: VecDeque::new(),
             stopped: false,
             shutdown: None,
         }
@@ -121,11 +128,10 @@ impl Core {
         self.clock.set(None);
     }
 
-    /// The time to stamp as a connection's last activity; `None` (no clock read) when no
-    /// idle timeout needs it.
-    #[inline]
-    pub(crate) fn activity_stamp(&self) -> Option<Instant> {
-        self.config.idle_timeout.map(|_| self.now())
+    /// A timer due `after` from now ("never" if that is past what `Instant` can hold).
+    pub(crate) fn set_timer(&mut self, after: Duration, period: Option<Duration>, kind: TimerKind) -> TimerId {
+        let at = deadline_after(self.now(), after);
+        self.timers.insert(at, period, kind)
     }
 
     /// Puts an entry in a free slot with a fresh generation (never 0).
@@ -166,85 +172,224 @@ impl Core {
             return;
         }
         entry.dead = true;
-        if let Kind::Conn(conn) = &mut entry.kind {
-            let reason = match reason {
-                CloseReason::Error(e) if conn.state == State::Connecting => {
-                    CloseReason::ConnectFailed(e)
+        match &mut entry.kind {
+            Kind::Conn(conn) => {
+                let reason = match reason {
+                    CloseReason::Error(e) if conn.state == State::Connecting => {
+                        CloseReason::ConnectFailed(e)
+                    }
+                    reason => reason,
+                };
+                log::debug!("{}: {reason}", ConnId(key));
+                conn.out.clear();
+                conn.input.clear();
+                conn.reason = Some(reason);
+                let timers = (conn.timer.take().into_iter())
+                    .chain(conn.send_timer.take())
+                    .chain(conn.user_timers.drain(..));
+                for t in timers {
+                    self.timers.cancel(t);
                 }
-                reason => reason,
-            };
-            log::debug!("{}: {reason}", ConnId(key));
-            conn.out.clear();
-            conn.reason = Some(reason);
-            if let Some(t) = conn.timer.take() {
-                self.timers.cancel(t);
             }
-        }
-        if let Kind::Linger(l) = &mut entry.kind {
-            if let Some(t) = l.timer.take() {
-                self.timers.cancel(t);
+            Kind::Linger(l) => {
+                if let Some(t) = l.timer.take() {
+                    self.timers.cancel(t);
+                }
             }
+            Kind::Listener(_) | Kind::Dgram(_) => {}
         }
-        self.closing.push(key);
+        self.closing.push_back(key);
     }
 
-    /// Runs one handler callback. With `catch_panics`, a panic is logged, counted, and
-    /// closes the connection the callback was about (`blame`); the loop goes on.
+    /// Applies what an operation on connection `key` asks for; returns whether `on_drain`
+    /// is due. The one place `Effects` take effect.
     #[inline]
-    pub(crate) fn invoke<H: Handler>(
-        &mut self,
-        handler: &mut H,
-        blame: Option<Key>,
-        f: impl FnOnce(&mut H, &mut Context<'_>),
-    ) {
-        if !self.config.catch_panics {
-            return f(handler, &mut Context { core: self });
-        }
-        let result = catch_unwind(AssertUnwindSafe(|| f(handler, &mut Context { core: self })));
-        if result.is_err() {
-            self.stats.panics += 1;
-            match blame {
-                Some(key) => {
-                    log::error!("handler panicked; closing {}", ConnId(key));
-                    self.conn_reset(key, CloseReason::Panicked);
+    pub(crate) fn apply(&mut self, key: Key, effects: Effects) -> bool {
+        if effects.written > 0 {
+            self.stats.bytes_out += effects.written as u64;
+            if self.config.idle_timeout.is_some() {
+                let now = self.now();
+                if let Some(conn) = self.conn_mut(key) {
+                    conn.last_active = now;
                 }
-                None => log::error!("handler panicked"),
             }
+        }
+        if let Some(reason) = effects.close {
+            self.kill(key, reason);
+            return false;
+        }
+        if effects.reregister {
+            self.reregister_conn(key);
+            self.arm_send_timer(key);
+        }
+        if effects.ready {
+            self.ready.push(key);
+        }
+        effects.drained
+    }
+
+    fn reregister_conn(&mut self, key: Key) {
+        let Some(Kind::Conn(conn)) = live_in(&mut self.slab, key) else {
+            return;
+        };
+        let interest = conn.interest();
+        if let Err(e) = self
+            .registry
+            .reregister(conn.stream.source(), key.token(), interest)
+        {
+            self.kill(key, CloseReason::Error(e));
         }
     }
 
-    /// Registers a new connection and hands it to `on_open` (accepted ones) or waits for
-    /// the connect to finish (outbound ones). Accepted connections past `max_connections`
-    /// get the refusal reply and are closed.
-    pub(crate) fn open_conn<H: Handler>(
-        &mut self,
-        handler: &mut H,
-        stream: Stream,
-        origin: Option<ListenerId>,
-    ) {
-        if self.stats.connections_open >= self.config.max_connections as u64 {
-            self.stats.refused += 1;
-            log::debug!("refused a connection: {} open", self.stats.connections_open);
-            if let Some(reply) = &self.config.refusal_reply {
-                let _ = stream.send(reply);
-                // As after any clean close: FIN, and linger so the client's input cannot
-                // turn the close into an RST that destroys the reply.
-                crate::linger::start(self, stream, false);
+    /// The output limits of a connection: its own, or the config's.
+    fn limits(&self, conn: &Conn) -> Limits {
+        conn.limits.as_deref().copied().unwrap_or(Limits {
+            high: self.config.high_watermark,
+            low: self.config.low_watermark,
+            max_output: self.config.max_output,
+            max_input: self.config.max_input,
+        })
+    }
+
+    /// Buffered sendall (see `Conn::send`). Inlined: the common case is one lookup and one
+    /// `send(2)`.
+    #[inline]
+    pub(crate) fn conn_send(&mut self, key: Key, data: &[u8], shared: Option<&Bytes>) -> Result<(), SendError> {
+        let (high, max) = (self.config.high_watermark, self.config.max_output);
+        let Some(Kind::Conn(conn)) = live_in(&mut self.slab, key) else {
+            return Err(SendError::Closed);
+        };
+        conn.accepts_output()?;
+        let (high, max) = match &conn.limits {
+            Some(l) => (l.high, l.max_output),
+            None => (high, max),
+        };
+        let effects = conn.send(data, shared, high, max);
+        let refused = match &effects.close {
+            None => None,
+            Some(CloseReason::OutputLimit) => {
+                log::warn!("{}: output limit of {max} bytes reached", ConnId(key));
+                Some(SendError::OutputLimit)
             }
+            Some(_) => Some(SendError::Closed),
+        };
+        let _ = self.apply(key, effects);
+        refused.map_or(Ok(()), Err)
+    }
+
+    /// Writes the queue of `key`; returns whether `on_drain` is due.
+    pub(crate) fn conn_flush(&mut self, key: Key) -> bool {
+        let low = self.config.low_watermark;
+        let Some(Kind::Conn(conn)) = live_in(&mut self.slab, key) else {
+            return false;
+        };
+        let low = conn.limits.as_ref().map_or(low, |l| l.low);
+        let effects = conn.flush(low);
+        if effects.written > 0 && self.config.send_timeout.is_some() {
+            let now = self.now();
+            if let Some(conn) = self.conn_mut(key) {
+                conn.last_write = now;
+            }
+        }
+        self.apply(key, effects)
+    }
+
+    /// Bytes were just queued (WRITABLE armed): start the send deadline if it is not running.
+    /// Only here, off the direct-send path, so sending without queueing reads no clock.
+    fn arm_send_timer(&mut self, key: Key) {
+        let Some(timeout) = self.config.send_timeout else {
+            return;
+        };
+        let now = self.now();
+        let Some(conn) = self.conn_mut(key) else {
+            return;
+        };
+        if conn.send_timer.is_some() || conn.out.is_empty() {
             return;
         }
-        match self.register_conn(stream, State::Open, origin) {
-            Ok(key) => {
-                self.stats.accepted += 1;
-                self.arm_idle_timer(key);
-                self.invoke(handler, Some(key), |h, cx| h.on_open(cx, ConnId(key)));
-            }
-            Err(e) => log::error!("register accepted connection: {e}"),
+        conn.last_write = now;
+        let timer = self.set_timer(timeout, None, TimerKind::SendTimeout(key));
+        if let Some(conn) = self.conn_mut(key) {
+            conn.send_timer = Some(timer);
         }
     }
 
-    /// Slab + registry for a new connection. Outbound ones start in `Connecting` with
-    /// WRITABLE armed and a connect timer.
+    /// The send deadline fired: close if bytes are queued and none left for the whole
+    /// period, re-arm for the rest of it if some did, stop if the queue is empty.
+    pub(crate) fn send_check(&mut self, key: Key) {
+        let (now, Some(timeout)) = (self.now(), self.config.send_timeout) else {
+            return;
+        };
+        let Some(conn) = self.conn_mut(key) else {
+            return;
+        };
+        conn.send_timer = None;
+        if conn.out.is_empty() {
+            return;
+        }
+        let due = deadline_after(conn.last_write, timeout);
+        if due <= now {
+            log::debug!("{}: no write progress for {timeout:?}", ConnId(key));
+            self.kill(key, CloseReason::SendTimeout);
+        } else {
+            let timer = self.timers.insert(due, None, TimerKind::SendTimeout(key));
+            if let Some(conn) = self.conn_mut(key) {
+                conn.send_timer = Some(timer);
+            }
+        }
+    }
+
+    /// Graceful close: flush what is queued, then FIN.
+    pub(crate) fn conn_close(&mut self, key: Key) {
+        if let Some(reason) = self.conn_mut(key).and_then(Conn::close) {
+            self.kill(key, reason);
+        }
+    }
+
+    /// Drops the queue and closes with RST.
+    pub(crate) fn conn_reset(&mut self, key: Key, reason: CloseReason) {
+        if let Some(conn) = self.conn_mut(key) {
+            conn.reset();
+            self.kill(key, reason);
+        }
+    }
+
+    pub(crate) fn conn_set_paused(&mut self, key: Key, paused: bool) {
+        if let Some(conn) = self.conn_mut(key) {
+            let effects = conn.set_paused(paused);
+            let _ = self.apply(key, effects);
+        }
+    }
+
+    /// `Context::set_output_limits` / `set_input_limit`: the new marks apply from the next
+    /// send or flush; a queue already above the new high mark is congested now (a WRITABLE
+    /// edge is pending for it, so the flush that clears it will come).
+    pub(crate) fn conn_set_limits(&mut self, key: Key, change: impl FnOnce(&mut Limits)) -> bool {
+        let Some(Kind::Conn(conn)) = self.slab.get(key.slot as usize).map(|e| &e.kind) else {
+            return false;
+        };
+        let mut limits = self.limits(conn);
+        change(&mut limits);
+        limits.low = limits.low.min(limits.high);
+        let Some(conn) = self.conn_mut(key) else {
+            return false;
+        };
+        if conn.out.len() > limits.high {
+            conn.congested = true;
+        }
+        conn.limits = Some(Box::new(limits));
+        true
+    }
+
+    /// The most input connection `key` may keep unconsumed; `None` if it is not live.
+    pub(crate) fn max_input(&mut self, key: Key) -> Option<usize> {
+        let default = self.config.max_input;
+        let conn = self.conn_mut(key)?;
+        Some(conn.limits.as_ref().map_or(default, |l| l.max_input))
+    }
+
+    /// Registers a new connection in the slab and the poll. Outbound ones start in
+    /// `Connecting` with WRITABLE armed and a connect timer; accepted ones get the idle timer.
     pub(crate) fn register_conn(
         &mut self,
         stream: Stream,
@@ -268,16 +413,17 @@ impl Core {
             return Err(e);
         }
         self.stats.connections_open += 1;
-        if state == State::Connecting {
-            self.stats.connects_started += 1;
-            if let Some(t) = self.config.connect_timeout {
-                let timer = self
-                    .timers
-                    .insert(self.now() + t, None, TimerKind::Connect(key));
-                if let Some(conn) = self.conn_mut(key) {
-                    conn.timer = Some(timer);
-                }
+        let timer = match state {
+            State::Connecting => {
+                self.stats.connects_started += 1;
+                self.config
+                    .connect_timeout
+                    .map(|t| self.set_timer(t, None, TimerKind::Connect(key)))
             }
+            _ => self.idle_timer(key),
+        };
+        if let Some(conn) = self.conn_mut(key) {
+            conn.timer = timer;
         }
         Ok(key)
     }
@@ -298,5 +444,267 @@ impl Core {
             return Err(e);
         }
         Ok(key)
+    }
+
+    /// A new idle timer for `key`, if idle timeouts are on.
+    fn idle_timer(&mut self, key: Key) -> Option<TimerId> {
+        let idle = self.config.idle_timeout?;
+        Some(self.set_timer(idle, None, TimerKind::Idle(key)))
+    }
+
+    /// An outbound connect finished: the connect timer gives way to the idle timer.
+    pub(crate) fn connected(&mut self, key: Key) {
+        if let Some(t) = self.conn_mut(key).and_then(|c| c.timer.take()) {
+            self.timers.cancel(t);
+        }
+        let timer = self.idle_timer(key);
+        if let Some(conn) = self.conn_mut(key) {
+            conn.timer = timer;
+        }
+    }
+
+    /// The idle timer fired: close if there was no traffic since, else re-arm it for the
+    /// rest of the period. (Traffic only stamps `last_active`; the timer is never moved on
+    /// the data path.)
+    pub(crate) fn idle_check(&mut self, key: Key) {
+        let (now, Some(idle)) = (self.now(), self.config.idle_timeout) else {
+            return;
+        };
+        let Some(conn) = self.conn_mut(key) else {
+            return;
+        };
+        let due = deadline_after(conn.last_active, idle);
+        if due <= now {
+            conn.timer = None;
+            self.kill(key, CloseReason::IdleTimeout);
+        } else {
+            let timer = self.timers.insert(due, None, TimerKind::Idle(key));
+            if let Some(conn) = self.conn_mut(key) {
+                conn.timer = Some(timer);
+            }
+        }
+    }
+
+    pub(crate) fn connect_timed_out(&mut self, key: Key) {
+        if let Some(conn) = self.conn_mut(key) {
+            if conn.state == State::Connecting {
+                conn.timer = None;
+                self.kill(key, CloseReason::ConnectTimeout);
+            }
+        }
+    }
+
+    /// A handler timer on connection `key`; `None` if it is not open.
+    pub(crate) fn set_conn_timer(&mut self, key: Key, after: Duration, period: Option<Duration>) -> Option<TimerId> {
+        self.conn_mut(key)?;
+        let id = self.set_timer(after, period, TimerKind::UserConn(key));
+        self.conn_mut(key)?.user_timers.push(id);
+        Some(id)
+    }
+
+    /// A connection timer fired: a one-shot one is no longer the connection's to cancel.
+    pub(crate) fn conn_timer_fired(&mut self, key: Key, id: TimerId) {
+        let still_pending = self.timers.contains(id);
+        if let Some(conn) = self.conn_mut(key) {
+            if !still_pending {
+                conn.user_timers.retain(|&t| t != id);
+            }
+        }
+    }
+
+    /// `Context::cancel_timer`: only the handler's own timers (ids of the loop's internal
+    /// timers are never handed out, but a forged one must not cancel them either).
+    pub(crate) fn cancel_user_timer(&mut self, id: TimerId) -> bool {
+        match self.timers.get(id).copied() {
+            Some(TimerKind::User) => self.timers.cancel(id).is_some(),
+            Some(TimerKind::UserConn(key)) => {
+                if let Some(conn) = self.conn_mut(key) {
+                    conn.user_timers.retain(|&t| t != id);
+                }
+                self.timers.cancel(id).is_some()
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether another socket fits: connections and lingering sockets together stay under
+    /// `max_connections` (+ `slack`); the oldest lingering sockets are dropped to make room.
+    /// So whatever peers do, descriptors stay bounded by `max_connections` + a constant.
+    pub(crate) fn make_room(&mut self, slack: u64) -> bool {
+        let max = self.config.max_connections as u64 + slack;
+        while self.stats.connections_open + self.stats.lingering >= max {
+            if !self.drop_oldest_linger() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Closes the oldest live lingering socket now (its slot is freed at once: the entry is
+    /// invisible to the handler, and stale keys to it are rejected by generation).
+    fn drop_oldest_linger(&mut self) -> bool {
+        while let Some(key) = self.lingering.pop_front() {
+            match self.slab.get(key.slot as usize) {
+                Some(e) if e.generation == key.generation && !e.dead => {}
+                _ => continue,
+            }
+            if let Kind::Linger(mut l) = self.slab.remove(key.slot as usize).kind {
+                if let Some(t) = l.timer.take() {
+                    self.timers.cancel(t);
+                }
+            }
+            self.stats.lingering -= 1;
+            self.stats.lingering_dropped += 1;
+            return true;
+        }
+        false
+    }
+
+    /// Drops every lingering socket: the shutdown deadline.
+    fn drop_lingering(&mut self) {
+        while self.drop_oldest_linger() {}
+    }
+
+    /// A refused connection's socket, after its reply: linger if there is room for it
+    /// (within a small slack over `max_connections`), else close it at once.
+    pub(crate) fn linger_refused(&mut self, stream: Stream) {
+        if self.make_room(REFUSAL_SLACK) {
+            self.linger(stream, false);
+        }
+    }
+
+    /// Takes over the socket of a connection that closed cleanly before the peer's EOF, or
+    /// of one refused for `max_connections` (see linger.rs).
+    pub(crate) fn linger(&mut self, stream: Stream, registered: bool) {
+        let Some(linger) = Linger::start(stream, self.config.read_budget) else {
+            return;
+        };
+        if self.config.linger.is_zero() {
+            return;
+        }
+        // Keys of sockets that ended by themselves leave the front as they come to it.
+        while let Some(&front) = self.lingering.front() {
+            match self.slab.get(front.slot as usize) {
+                Some(e) if e.generation == front.generation && !e.dead => break,
+                _ => self.lingering.pop_front(),
+            };
+        }
+        let key = self.insert(Kind::Linger(linger));
+        let Some(Kind::Linger(l)) = live_in(&mut self.slab, key) else {
+            unreachable!("just inserted")
+        };
+        if l.register(&self.registry, key.token(), registered).is_err() {
+            self.slab.remove(key.slot as usize);
+            return;
+        }
+        let timer = self.set_timer(self.config.linger, None, TimerKind::Linger(key));
+        if let Some(Kind::Linger(l)) = live_in(&mut self.slab, key) {
+            l.timer = Some(timer);
+        }
+        self.lingering.push_back(key);
+        self.stats.lingering += 1;
+    }
+
+    /// Input on a lingering socket: read it away; close on EOF.
+    pub(crate) fn linger_readable(&mut self, buf: &mut [u8], key: Key) {
+        let budget = self.config.read_budget;
+        let Some(Kind::Linger(l)) = live_in(&mut self.slab, key) else {
+            return;
+        };
+        match l.discard(buf, budget) {
+            crate::linger::Discard::Done => self.kill(key, CloseReason::Local),
+            crate::linger::Discard::Drained => {}
+            // Edge-triggered: no new edge for what is left, so come back next tick.
+            crate::linger::Discard::Budget => self.ready.push(key),
+        }
+    }
+
+    /// `send_to` on datagram socket `key`.
+    pub(crate) fn dgram_send_to(&mut self, key: Key, data: &[u8], to: &crate::Addr) -> io::Result<()> {
+        let limit = self.config.datagram_queue_limit;
+        let Some(Kind::Dgram(d)) = live_in(&mut self.slab, key) else {
+            return Err(io::ErrorKind::NotConnected.into());
+        };
+        let (result, rearm) = d.send_to(data, to, limit);
+        match &result {
+            Ok(true) => self.stats.datagrams_out += 1,
+            Ok(false) => {}
+            Err(_) => self.stats.datagrams_dropped += 1,
+        }
+        if rearm {
+            self.reregister_dgram(key);
+        }
+        result.map(drop)
+    }
+
+    /// WRITABLE on a datagram socket: send what is queued, drop WRITABLE once it is empty.
+    pub(crate) fn dgram_flush(&mut self, key: Key) {
+        let Some(Kind::Dgram(d)) = live_in(&mut self.slab, key) else {
+            return;
+        };
+        let (sent, dropped, rearm) = d.flush(UdpId(key));
+        self.stats.datagrams_out += sent;
+        self.stats.datagrams_dropped += dropped;
+        if rearm {
+            self.reregister_dgram(key);
+        }
+    }
+
+    fn reregister_dgram(&mut self, key: Key) {
+        if let Some(Kind::Dgram(d)) = live_in(&mut self.slab, key) {
+            let interest = d.interest();
+            if let Err(e) = self.registry.reregister(d.socket.source(), key.token(), interest) {
+                log::error!("{}: reregister: {e}", UdpId(key));
+            }
+        }
+    }
+
+    /// Keys of the live entries whose kind matches: O(n), for shutdown only.
+    pub(crate) fn live_keys(&self, wanted: impl Fn(&Kind) -> bool) -> Vec<Key> {
+        let live = self.slab.iter().filter(|(_, e)| !e.dead && wanted(&e.kind));
+        live.map(|(slot, e)| Key {
+            slot: slot as u32,
+            generation: e.generation,
+        })
+        .collect()
+    }
+
+    /// Starts a graceful shutdown: listeners and datagram sockets close now, connections
+    /// flush and FIN, and whatever is left at the deadline is reset.
+    pub(crate) fn begin_shutdown(&mut self, deadline: Duration) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        log::info!("graceful shutdown: {deadline:?} for peers to take their bytes");
+        for key in self.live_keys(|k| matches!(k, Kind::Conn(_))) {
+            self.conn_close(key);
+        }
+        for key in self.live_keys(|k| matches!(k, Kind::Listener(_) | Kind::Dgram(_))) {
+            self.dgram_flush(key);
+            self.kill(key, CloseReason::Local);
+        }
+        let timer = self.set_timer(deadline, None, TimerKind::ShutdownDeadline);
+        self.shutdown = Some(Shutdown { timer: Some(timer) });
+    }
+
+    /// The shutdown deadline: reset every connection still open, drop lingering sockets.
+    pub(crate) fn shutdown_deadline(&mut self) {
+        if self.shutdown.is_none() {
+            return;
+        }
+        let keys = self.live_keys(|k| matches!(k, Kind::Conn(_)));
+        if !keys.is_empty() {
+            log::warn!("shutdown deadline: cutting off {} connections", keys.len());
+        }
+        for key in keys {
+            self.conn_reset(key, CloseReason::Shutdown);
+        }
+        self.drop_lingering();
+    }
+
+    /// A graceful shutdown is over when no connection is open and no socket lingers (a
+    /// lingering socket's peer may still be reading our reply's tail).
+    pub(crate) fn shutdown_done(&self) -> bool {
+        self.shutdown.is_some() && self.stats.connections_open == 0 && self.stats.lingering == 0
     }
 }

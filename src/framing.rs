@@ -1,24 +1,81 @@
 //! Framing: cutting a byte stream into messages.
 //!
 //! TCP delivers bytes, not messages. This module turns those bytes into frames
-//! without touching sockets or clocks, so a handler can feed it whatever one
-//! read returned:
+//! without touching sockets or clocks:
 //!
 //! * [`LineDecoder`]: lines ending in `"\n"` (an optional `"\r"` before it is
 //!   removed too), each at most `max_line` bytes long.
 //! * [`LengthDecoder`]: a 4-byte big-endian length, then that many bytes of
 //!   payload, at most `max_frame` bytes. [`encode_length_prefixed`] writes them.
+//! * [`decode_with`]: any other format, given a function that tells whether a
+//!   whole frame is at the start of the input, and how long it is.
+//!
+//! # `decode` or `feed`
+//!
+//! Each decoder has two entry points; use one of them per decoder, not both.
+//!
+//! * **`decode`, inside a handler.** [`Handler::on_data`](crate::Handler::on_data)
+//!   gets the connection's input (what it left unconsumed last time, joined with
+//!   the bytes just read) and returns how many bytes it consumed; the loop keeps
+//!   the rest. `decode` fits that contract: it hands out every complete frame of
+//!   `input`, borrowed from it, and returns how far they reach, leaving an
+//!   incomplete frame unconsumed for the loop to keep and present again. The
+//!   decoder buffers nothing, so a frame cut across reads exists once, in the
+//!   loop's input, never in a second copy; the decoder's whole state is a flag
+//!   (lines) or a skip count (length prefixes). The unconsumed tail stays within
+//!   `max_line + 1` or `max_frame + 3` bytes, well inside the loop's
+//!   [`Config::max_input`](crate::Config::max_input) (1 MiB by default) as long
+//!   as the frame limit is below it.
+//! * **`feed`, outside a loop.** When nobody keeps unconsumed bytes for you (a
+//!   blocking client, a file read in pieces, a test), `feed` takes whatever one
+//!   read returned and reassembles a frame cut across calls in a buffer of its
+//!   own, within the same bounds.
+//!
+//! Both give the same frames and errors, in the same order, for the same bytes.
+//!
+//! ```
+//! use evloop::{ConnId, Context, Handler, LineDecoder};
+//!
+//! /// Answers every line with its length.
+//! struct Lengths;
+//!
+//! /// Each connection's decoder, kept by the loop beside the connection.
+//! struct Conn(LineDecoder);
+//!
+//! impl Default for Conn {
+//!     fn default() -> Self {
+//!         Conn(LineDecoder::new(1024))
+//!     }
+//! }
+//!
+//! impl Handler for Lengths {
+//!     type Conn = Conn;
+//!
+//!     fn on_data(&mut self, cx: &mut Context<'_, Self>, conn: ConnId, st: &mut Conn, input: &[u8]) -> usize {
+//!         // Complete lines are handled now; a partial one is left for the loop to keep.
+//!         st.0.decode(input, |line| {
+//!             let reply = match line {
+//!                 Ok(line) => format!("{}\n", line.len()),
+//!                 Err(e) => format!("ERR {e}\n"),
+//!             };
+//!             let _ = cx.send(conn, reply.as_bytes()); // refused: it is closing anyway
+//!         })
+//!     }
+//! }
+//! ```
 //!
 //! # Guarantees
 //!
-//! * **Split-independent.** The frames and errors depend only on the bytes fed,
-//!   never on how they were cut into `feed` calls. Feeding a stream at once,
-//!   byte by byte, or cut anywhere gives the same results in the same order,
-//!   and each is delivered as soon as the bytes fed so far decide it.
-//! * **Bounded memory.** A decoder holds at most one incomplete frame: no more
-//!   than `max_line + 1` bytes (a line's content plus a possible `"\r"`) or
-//!   `max_frame` bytes (a payload; or up to 3 bytes of a length prefix), and
-//!   its buffer never grows beyond that, whatever the peer sends.
+//! * **Split-independent.** The frames and errors depend only on the bytes,
+//!   never on how they were cut: into `feed` calls, or into reads that the loop
+//!   joins to the tail `decode` left unconsumed. A stream given at once, byte by
+//!   byte, or cut anywhere gives the same results in the same order, and each is
+//!   delivered as soon as the bytes so far decide it.
+//! * **Bounded memory.** At most one incomplete frame is held: no more than
+//!   `max_line + 1` bytes (a line's content plus a possible `"\r"`) or
+//!   `max_frame` bytes of payload (`max_frame + 3` with its prefix, for
+//!   `decode`), whatever the peer sends. `feed` holds them in the decoder's
+//!   buffer, which never grows beyond that; `decode` leaves them unconsumed.
 //! * **Errors are answerable and the stream resynchronises.** An over-long line
 //!   is reported once, as [`FrameError::LineTooLong`], as soon as it is known
 //!   to be too long; its bytes are dropped up to and including the next
@@ -26,33 +83,36 @@
 //!   maximum is reported once, as [`FrameError::FrameTooLarge`], as soon as its
 //!   length has been read; its payload is skipped without being buffered, and
 //!   decoding goes on with the next frame. The caller decides what to do: send
-//!   an error reply, or close the connection.
-//! * **No allocation per frame in the common case.** A frame that lies whole in
-//!   one fed chunk is handed out as a `&[u8]` borrowed from that chunk. Only a
-//!   frame cut across `feed` calls is copied into the decoder's buffer, which
-//!   is reused; a buffer grown past 8 KiB is freed after its frame is
-//!   delivered, so idle connections stay small.
+//!   an error reply, or close the connection. ([`decode_with`] cannot skip a
+//!   frame whose end it cannot find: its error ends the stream.)
+//! * **No copy per frame.** With `decode`, every frame is a `&[u8]` borrowed
+//!   from `input`. With `feed`, a frame that lies whole in one fed chunk is
+//!   borrowed from that chunk; only a frame cut across `feed` calls is copied
+//!   into the decoder's buffer, which is reused; a buffer grown past 8 KiB is
+//!   freed after its frame is delivered, so idle connections stay small.
 //!
 //! # Callbacks and stopping early
 //!
-//! `feed` calls `on_frame` once per frame (`Ok(bytes)`) or per error (`Err`).
-//! The slice is borrowed from the fed data or from the decoder, and is only
-//! valid during the call: copy it if you need to keep it. The closure may
+//! `decode` and `feed` call `on_frame` once per frame (`Ok(bytes)`) or per error
+//! (`Err`). The slice is borrowed from the input or from the decoder, and is
+//! only valid during the call: copy it if you need to keep it. The closure may
 //! borrow anything else mutably, such as the connection's output buffer.
 //!
 //! `on_frame` returns `()` to go on, or a [`ControlFlow`] (see [`FrameFlow`]):
 //! `ControlFlow::Break(())` stops decoding right after that frame, for example
 //! because the handler closed the connection or wants to apply backpressure.
-//! `feed` returns how many bytes of `data` it consumed; the rest was not looked
-//! at and is **not** buffered by the decoder (keeping it there would break the
-//! memory bound). To resume, feed `&data[consumed..]` later; the result is the
-//! same as if decoding had never stopped. If the callback never breaks, `feed`
-//! returns `data.len()`.
+//! Both return how many bytes of their input they consumed; the rest was not
+//! looked at and is **not** buffered by the decoder (keeping it there would
+//! break the memory bound). To resume, give `&data[consumed..]` later (inside a
+//! handler: return the count, and the loop presents the rest again); the result
+//! is the same as if decoding had never stopped. If the callback never breaks,
+//! `feed` returns `data.len()`, and `decode` the end of the last complete frame
+//! (or all of `input`, while an over-long line or frame is being dropped).
 //!
 //! # Example
 //!
-//! A line-based handler: it answers every line, answers an over-long line with
-//! an error message, and stops at `QUIT`.
+//! A line-based connection fed from outside a loop: it answers every line,
+//! answers an over-long line with an error message, and stops at `QUIT`.
 //!
 //! ```
 //! use evloop::framing::{FrameError, LineDecoder};
@@ -97,7 +157,8 @@
 //! assert!(conn.closing);
 //! ```
 //!
-//! Length-prefixed frames, fed in pieces:
+//! Length-prefixed frames, fed in pieces, then decoded the way a loop presents
+//! them (the unconsumed tail joined with the next piece):
 //!
 //! ```
 //! use evloop::framing::{encode_length_prefixed, LengthDecoder};
@@ -114,6 +175,16 @@
 //! }
 //! assert_eq!(frames, [&b"first"[..], b"", b"second"]);
 //! assert_eq!(decoder.buffered(), 0);
+//!
+//! let mut decoder = LengthDecoder::new(1024);
+//! let (mut kept, mut again) = (Vec::new(), Vec::new());
+//! for piece in wire.chunks(3) {
+//!     kept.extend_from_slice(piece);
+//!     let used = decoder.decode(&kept, |frame| again.push(frame.unwrap().to_vec()));
+//!     kept.drain(..used);
+//! }
+//! assert_eq!(again, frames);
+//! assert!(kept.is_empty());
 //! ```
 
 #![forbid(unsafe_code)]
@@ -140,9 +211,11 @@ pub enum FrameError {
         max: usize,
     },
     /// A length prefix announced `len` bytes, more than `max`. The payload is
-    /// skipped without being buffered.
+    /// skipped without being buffered. From [`decode_with`], which cannot know
+    /// the length: more than `max` bytes came without a whole frame, and `len`
+    /// is `max + 1`; the stream cannot be resynchronised.
     FrameTooLarge {
-        /// The announced payload length.
+        /// The announced payload length (`max + 1` from [`decode_with`]).
         len: usize,
         /// The decoder's maximum frame size.
         max: usize,
@@ -225,9 +298,12 @@ fn strip_cr(line: &[u8]) -> &[u8] {
 /// [`FrameError::LineTooLong`] (as soon as more than `max_line + 1` bytes of it
 /// have arrived, or at its `"\n"`), and dropped through the next `"\n"`.
 ///
-/// Bytes after the last `"\n"` stay buffered, at most `max_line + 1` of them.
-/// At end of stream they are an unterminated line; [`buffered`](Self::buffered)
-/// tells whether there are any.
+/// Inside a handler, [`decode`](Self::decode) the loop's kept input: the bytes
+/// after the last `"\n"` are left unconsumed, at most `max_line + 1` of them.
+/// Outside a loop, [`feed`](Self::feed) each read: the bytes after the last
+/// `"\n"` stay buffered in the decoder, as many. At end of stream they are an
+/// unterminated line; [`buffered`](Self::buffered) tells whether there are any
+/// (for `feed`).
 #[derive(Clone, Debug)]
 pub struct LineDecoder {
     max_line: usize,
@@ -255,9 +331,83 @@ impl LineDecoder {
     }
 
     /// Bytes held of an incomplete line: at most `max_line + 1`. Zero while
-    /// dropping an over-long line.
+    /// dropping an over-long line, and always zero with [`decode`](Self::decode).
     pub fn buffered(&self) -> usize {
         self.buf.len()
+    }
+
+    /// Decodes the complete lines of `input`, calling `on_frame` with each one
+    /// (borrowed from `input`), or with `Err(LineTooLong)` once per over-long
+    /// line; for a handler's [`on_data`](crate::Handler::on_data), on the input
+    /// the loop keeps (see the [module docs](self#decode-or-feed)).
+    ///
+    /// Returns how many bytes of `input` were consumed: up to the end of the
+    /// last complete line. The incomplete line after it is left unconsumed,
+    /// never copied: the caller presents it again joined with the next bytes
+    /// (the loop does, when `on_data` returns this count), and then the lines
+    /// and errors are the same as if all the bytes had come at once. If that
+    /// tail grows past `max_line + 1` bytes without a `"\n"`, the line is
+    /// reported as too long at once, everything is consumed, and the bytes up
+    /// to the next `"\n"` are dropped as they come (the decoder's one bit of
+    /// state). So the unconsumed tail is at most `max_line + 1` bytes, and each
+    /// call scans at most that much of it again.
+    ///
+    /// If `on_frame` returns `ControlFlow::Break(())`, decoding stops right
+    /// after that line or error, and the count returned ends there (an error
+    /// about an unterminated line still consumes all of `input`).
+    ///
+    /// Don't mix it with [`feed`](Self::feed) on one decoder: `decode` expects
+    /// nothing buffered.
+    ///
+    /// ```
+    /// use evloop::LineDecoder;
+    ///
+    /// let mut d = LineDecoder::new(16);
+    /// let mut lines = Vec::new();
+    /// // The loop's kept input: "hel", then "hel" + "lo\nwor", then "wor" + "ld\n".
+    /// assert_eq!(d.decode(b"hel", |l| lines.push(l.unwrap().to_vec())), 0);
+    /// assert_eq!(d.decode(b"hello\nwor", |l| lines.push(l.unwrap().to_vec())), 6);
+    /// assert_eq!(d.decode(b"world\n", |l| lines.push(l.unwrap().to_vec())), 6);
+    /// assert_eq!(lines, [&b"hello"[..], b"world"]);
+    /// ```
+    pub fn decode<F, R>(&mut self, input: &[u8], mut on_frame: F) -> usize
+    where
+        F: FnMut(Result<&[u8], FrameError>) -> R,
+        R: FrameFlow,
+    {
+        debug_assert!(self.buf.is_empty(), "LineDecoder::decode after feed");
+        let max = self.max_line;
+        // A line's raw bytes: its content plus a possible "\r".
+        let raw_max = max.saturating_add(1);
+        let mut pos = 0;
+        loop {
+            let rest = &input[pos..];
+            let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
+                if self.discarding {
+                    return input.len(); // the rest of a line already reported
+                }
+                if rest.len() > raw_max {
+                    self.discarding = true;
+                    // All of `input` is consumed either way: it is that line's.
+                    let _ = on_frame(Err(FrameError::LineTooLong { max })).into_flow();
+                    return input.len();
+                }
+                return pos; // an incomplete line: the caller keeps it
+            };
+            pos += nl + 1;
+            if std::mem::take(&mut self.discarding) {
+                continue;
+            }
+            let line = strip_cr(&rest[..nl]);
+            let flow = if line.len() > max {
+                on_frame(Err(FrameError::LineTooLong { max }))
+            } else {
+                on_frame(Ok(line))
+            };
+            if flow.into_flow().is_break() {
+                return pos;
+            }
+        }
     }
 
     /// Feeds bytes, calling `on_frame` with each complete line, or with

@@ -1,14 +1,14 @@
 //! `Handle`: reaching the loop from other threads (a mio `Waker` plus a queue of closures).
 
-use crate::Context;
+use crate::{Context, Handler};
 use std::io;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 /// Work posted from another thread, run on the loop thread with the handler and a context.
-pub(crate) type Task<H> = Box<dyn FnOnce(&mut H, &mut Context<'_>) + Send>;
+pub(crate) type Task<H> = Box<dyn FnOnce(&mut H, &mut Context<'_, H>) + Send>;
 
-pub(crate) struct Shared<H> {
+pub(crate) struct Shared<H: Handler> {
     pub(crate) waker: mio::Waker,
     pub(crate) tasks: Mutex<Vec<Task<H>>>,
 }
@@ -21,7 +21,7 @@ pub(crate) struct Shared<H> {
 ///
 /// ```no_run
 /// # use evloop::{EventLoop, Handler, ConnId};
-/// # struct App; impl Handler for App {}
+/// # struct App; impl Handler for App { type Conn = (); }
 /// let mut el = EventLoop::new(App)?;
 /// let handle = el.handle();
 /// std::thread::spawn(move || {
@@ -30,11 +30,11 @@ pub(crate) struct Shared<H> {
 /// el.run()?;
 /// # Ok::<(), std::io::Error>(())
 /// ```
-pub struct Handle<H> {
+pub struct Handle<H: Handler> {
     shared: Weak<Shared<H>>,
 }
 
-impl<H> Clone for Handle<H> {
+impl<H: Handler> Clone for Handle<H> {
     fn clone(&self) -> Self {
         Handle {
             shared: self.shared.clone(),
@@ -42,7 +42,7 @@ impl<H> Clone for Handle<H> {
     }
 }
 
-impl<H> Handle<H> {
+impl<H: Handler> Handle<H> {
     pub(crate) fn new(shared: &Arc<Shared<H>>) -> Handle<H> {
         Handle {
             shared: Arc::downgrade(shared),
@@ -50,11 +50,11 @@ impl<H> Handle<H> {
     }
 
     /// Runs `task` on the loop thread with the handler and a [`Context`], e.g. to send to a
-    /// connection: `handle.post(move |_, cx| { cx.send(conn, &bytes); })`. Fails with
+    /// connection: `handle.post(move |_, cx| { let _ = cx.send(conn, &bytes); })`. Fails with
     /// `NotConnected` if the loop is gone.
     pub fn post(
         &self,
-        task: impl FnOnce(&mut H, &mut Context<'_>) + Send + 'static,
+        task: impl FnOnce(&mut H, &mut Context<'_, H>) + Send + 'static,
     ) -> io::Result<()> {
         let shared = self
             .shared
@@ -82,7 +82,7 @@ impl<H> Handle<H> {
     }
 }
 
-impl<H> Shared<H> {
+impl<H: Handler> Shared<H> {
     pub(crate) fn take_tasks(&self) -> Vec<Task<H>> {
         std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()))
     }

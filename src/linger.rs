@@ -7,13 +7,13 @@
 //! closed cleanly without having seen the peer's EOF is kept open, half-closed, in a slab
 //! entry of its own (nginx and Apache call this lingering close). The handler has already had
 //! `on_close`; the entry is invisible to it and to `EventLoop::slab_len`, and is counted in
-//! `Stats::lingering`.
+//! `Stats::lingering`. `Core::linger` puts one in the slab; this file is the socket side.
 
-use crate::core::{Core, Kind, TimerKind, interrupted, live_in, would_block};
+use crate::stream::{interrupted, would_block};
 use crate::stream::Stream;
 use crate::timers::TimerId;
-use crate::token::Key;
-use mio::Interest;
+use mio::{Interest, Registry, Token};
+use std::io;
 use std::net::Shutdown;
 
 pub(crate) struct Linger {
@@ -22,13 +22,46 @@ pub(crate) struct Linger {
 }
 
 /// What reading away the peer's input came to.
-enum Discard {
+pub(crate) enum Discard {
     /// The peer closed (EOF) or the socket failed: nothing left to wait for.
     Done,
     /// Nothing more to read for now.
     Drained,
     /// The budget ran out with input still coming.
     Budget,
+}
+
+impl Linger {
+    /// Sends FIN on a cleanly closed connection's socket and reads away input already
+    /// there. `None` if there is nothing to wait for (the peer already closed, or the
+    /// socket failed): the caller drops the socket.
+    pub(crate) fn start(mut stream: Stream, budget: usize) -> Option<Linger> {
+        stream.shutdown(Shutdown::Write).ok()?;
+        // Rare enough for a small buffer of its own.
+        match discard(&mut stream, &mut [0; 4096], budget) {
+            Discard::Done => None,
+            Discard::Drained | Discard::Budget => Some(Linger {
+                stream,
+                timer: None,
+            }),
+        }
+    }
+
+    /// Registers under the lingering entry's own token (`registered`: the socket is in the
+    /// poll set already, under its connection's token). epoll reports input already waiting.
+    pub(crate) fn register(&mut self, registry: &Registry, token: Token, registered: bool) -> io::Result<()> {
+        let source = self.stream.source();
+        if registered {
+            registry.reregister(source, token, Interest::READABLE)
+        } else {
+            registry.register(source, token, Interest::READABLE)
+        }
+    }
+
+    /// Reads input away until drained, EOF or the budget.
+    pub(crate) fn discard(&mut self, buf: &mut [u8], budget: usize) -> Discard {
+        discard(&mut self.stream, buf, budget)
+    }
 }
 
 fn discard(stream: &mut Stream, buf: &mut [u8], mut budget: usize) -> Discard {
@@ -41,57 +74,5 @@ fn discard(stream: &mut Stream, buf: &mut [u8], mut budget: usize) -> Discard {
             Err(e) if interrupted(&e) => {}
             Err(_) => return Discard::Done,
         }
-    }
-}
-
-/// Takes over the socket of a connection that closed cleanly before the peer's EOF, or of
-/// one refused for `max_connections` after its reply (`registered` says whether the socket
-/// is in the poll set yet). With `Config::linger` zero, or if the peer has already closed,
-/// the socket is simply dropped.
-pub(crate) fn start(core: &mut Core, mut stream: Stream, registered: bool) {
-    let linger = core.config.linger;
-    if stream.shutdown(Shutdown::Write).is_err() {
-        return;
-    }
-    // Even without lingering, input already here is read away before the close. Rare
-    // enough for a small buffer of its own.
-    let first = discard(&mut stream, &mut [0; 4096], core.config.read_budget);
-    if matches!(first, Discard::Done) || linger.is_zero() {
-        return;
-    }
-    let at = core.now() + linger;
-    let key = core.insert(Kind::Linger(Linger {
-        stream,
-        timer: None,
-    }));
-    let Some(Kind::Linger(l)) = live_in(&mut core.slab, key) else {
-        unreachable!("just inserted")
-    };
-    // A new token (or a first registration); epoll reports input already waiting.
-    let (registry, source, token) = (&core.registry, l.stream.source(), key.token());
-    let result = if registered {
-        registry.reregister(source, token, Interest::READABLE)
-    } else {
-        registry.register(source, token, Interest::READABLE)
-    };
-    if result.is_err() {
-        core.slab.remove(key.slot as usize);
-        return;
-    }
-    l.timer = Some(core.timers.insert(at, None, TimerKind::Linger(key)));
-    core.stats.lingering += 1;
-}
-
-/// Input on a lingering socket: read it away; close on EOF.
-pub(crate) fn readable(core: &mut Core, buf: &mut [u8], key: Key) {
-    let budget = core.config.read_budget;
-    let Some(Kind::Linger(l)) = live_in(&mut core.slab, key) else {
-        return;
-    };
-    match discard(&mut l.stream, buf, budget) {
-        Discard::Done => core.kill(key, crate::CloseReason::Local),
-        Discard::Drained => {}
-        // Edge-triggered: no new edge for what is left, so come back next tick.
-        Discard::Budget => core.ready.push(key),
     }
 }

@@ -4,10 +4,11 @@
 //! on the ready list and accepted from again next tick without waiting for a new edge. On
 //! EMFILE/ENFILE the listener waits for a retry timer instead of spinning on an accept that
 //! keeps failing (the pending connection keeps the listener readable, and nothing else would
-//! wake it once descriptors free up).
+//! wake it once descriptors free up). The accept loop, which calls the handler, is in
+//! dispatch.rs; this file is the socket side.
 
-use crate::core::{Core, Kind, TimerKind, interrupted, would_block};
-use crate::{Addr, Handler, ListenerId, stream::Stream, token::Key};
+use crate::stream::{interrupted, would_block};
+use crate::{Addr, stream::Stream};
 use mio::event::Source;
 use mio::net::{TcpListener, UnixListener};
 use std::io;
@@ -21,8 +22,10 @@ pub(crate) enum Listener {
 
 pub(crate) struct ListenerEntry {
     pub(crate) socket: Listener,
-    /// Waiting for the retry timer after EMFILE/ENFILE.
+    /// Waiting for the retry timer after EMFILE/ENFILE/ENOBUFS/ENOMEM.
     pub(crate) backing_off: bool,
+    /// Back-offs in a row without a connection accepted in between.
+    pub(crate) failures: u32,
 }
 
 impl Listener {
@@ -48,61 +51,50 @@ impl Listener {
     }
 }
 
-/// Out of descriptors: the process (EMFILE) or the system (ENFILE).
-fn out_of_descriptors(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+/// What one `accept` came to.
+pub(crate) enum Accepted {
+    Conn(Stream),
+    /// Drained: the next connection raises a new edge.
+    Blocked,
+    /// The kernel reported an error about one pending connection (it was reset, the
+    /// network went away, ...): skip it and go on accepting.
+    Skip(io::Error),
+    /// Out of descriptors or kernel memory (EMFILE, ENFILE, ENOBUFS, ENOMEM): retrying at
+    /// once would spin, so back off and retry on a timer.
+    BackOff(io::Error),
+    /// Anything else is about the listener itself.
+    Failed(io::Error),
 }
 
-/// Errors about one failed incoming connection, not about the listener: skip it, go on.
-fn transient(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::ECONNABORTED | libc::EPROTO | libc::EPERM | libc::ENOBUFS | libc::ENOMEM)
-    )
-}
-
-/// Accepts from listener `key` until `WouldBlock` or the budget; each new connection is
-/// registered and handed to `on_open`.
-pub(crate) fn accept<H: Handler>(core: &mut Core, handler: &mut H, key: Key) {
-    for _ in 0..core.config.accept_budget {
-        let Some(Kind::Listener(l)) = core.live_mut(key) else {
-            return;
-        };
-        if l.backing_off {
-            return;
+impl ListenerEntry {
+    /// One accept, classified.
+    pub(crate) fn accept(&self) -> Accepted {
+        loop {
+            return match self.socket.accept() {
+                Ok(stream) => Accepted::Conn(stream),
+                Err(e) if would_block(&e) => Accepted::Blocked,
+                Err(e) if interrupted(&e) => continue,
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                        Accepted::BackOff(e)
+                    }
+                    // accept(2): errors of the pending connection, which Linux passes on
+                    // ("treat them like EAGAIN by retrying"), and a firewall's EPERM.
+                    Some(
+                        libc::ECONNABORTED
+                        | libc::ENETDOWN
+                        | libc::EPROTO
+                        | libc::ENOPROTOOPT
+                        | libc::EHOSTDOWN
+                        | libc::ENONET
+                        | libc::EHOSTUNREACH
+                        | libc::EOPNOTSUPP
+                        | libc::ENETUNREACH
+                        | libc::EPERM,
+                    ) => Accepted::Skip(e),
+                    _ => Accepted::Failed(e),
+                },
+            };
         }
-        match l.socket.accept() {
-            Ok(stream) => core.open_conn(handler, stream, Some(ListenerId(key))),
-            // Drained: the next connection raises a new edge.
-            Err(e) if would_block(&e) => return,
-            Err(e) if interrupted(&e) => {}
-            Err(e) if out_of_descriptors(&e) => {
-                l.backing_off = true;
-                core.stats.accept_descriptor_errors += 1;
-                let at = core.now() + core.config.accept_retry;
-                core.timers.insert(at, None, TimerKind::AcceptRetry(key));
-                log::warn!(
-                    "accept on {}: {e}; retrying in {:?}",
-                    ListenerId(key),
-                    core.config.accept_retry
-                );
-                return;
-            }
-            Err(e) if transient(&e) => log::debug!("accept on {}: {e}", ListenerId(key)),
-            Err(e) => {
-                log::error!("accept on {}: {e}", ListenerId(key));
-                return;
-            }
-        }
-    }
-    // Budget spent with connections maybe still waiting: no new edge will come for them.
-    core.ready.push(key);
-}
-
-/// The EMFILE retry timer fired: try accepting again.
-pub(crate) fn retry<H: Handler>(core: &mut Core, handler: &mut H, key: Key) {
-    if let Some(Kind::Listener(l)) = core.live_mut(key) {
-        l.backing_off = false;
-        accept(core, handler, key);
     }
 }

@@ -3,14 +3,52 @@
 //! Pure: it holds bytes and hands them to a write function it is given; it never touches a
 //! socket or a clock, so it is tested (and property-tested) against scripted fake writers.
 //! A queue that empties gives its memory back, so an idle connection holds no output buffer.
+//!
+//! The queue is a list of chunks: bytes copied in by `push` (appended to the last owned
+//! chunk while it is small) and shared, reference-counted [`Bytes`] queued by `push_shared`
+//! without a copy, so one broadcast to many congested connections is held once.
 
+use bytes::Bytes;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 
+/// An owned chunk stops growing at this size; the next `push` starts a new one, so written
+/// bytes at the front are freed chunk by chunk instead of being moved.
+const CHUNK: usize = 64 * 1024;
+
+/// Slices handed to one vectored write (Linux's IOV_MAX is 1024; a few suffice).
+const MAX_SLICES: usize = 16;
+
+enum Chunk {
+    /// Copied bytes; `.1` of them are already written.
+    Owned(Vec<u8>, usize),
+    /// Shared bytes, advanced in place as they are written.
+    Shared(Bytes),
+}
+
+impl Chunk {
+    fn rest(&self) -> &[u8] {
+        match self {
+            Chunk::Owned(v, at) => &v[*at..],
+            Chunk::Shared(b) => b,
+        }
+    }
+}
+
 /// Bytes accepted by `send` that the kernel has not taken yet, oldest first.
-#[derive(Default, Debug)]
+#[derive(Default)]
 pub struct OutBuf {
-    bytes: VecDeque<u8>,
+    chunks: VecDeque<Chunk>,
+    len: usize,
+}
+
+impl std::fmt::Debug for OutBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutBuf")
+            .field("len", &self.len)
+            .field("chunks", &self.chunks.len())
+            .finish()
+    }
 }
 
 /// What a [`OutBuf::flush_with`] call achieved.
@@ -30,47 +68,100 @@ impl OutBuf {
 
     /// Queued bytes.
     pub fn len(&self) -> usize {
-        self.bytes.len()
+        self.len
     }
 
     /// Whether nothing is queued.
     pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
+        self.len == 0
     }
 
-    /// Bytes of memory held (capacity), for memory accounting.
+    /// Bytes of memory this queue holds of its own (owned chunks' capacity; shared chunks
+    /// are counted by whoever else holds them too), for memory accounting.
     pub fn capacity(&self) -> usize {
-        self.bytes.capacity()
+        let owned: usize = self
+            .chunks
+            .iter()
+            .map(|c| match c {
+                Chunk::Owned(v, _) => v.capacity(),
+                Chunk::Shared(_) => 0,
+            })
+            .sum();
+        owned + self.chunks.capacity() * std::mem::size_of::<Chunk>()
     }
 
-    /// Appends bytes after everything already queued.
+    /// Appends a copy of `data` after everything already queued.
     pub fn push(&mut self, data: &[u8]) {
-        self.bytes.extend(data);
+        if data.is_empty() {
+            return;
+        }
+        self.len += data.len();
+        if let Some(Chunk::Owned(v, _)) = self.chunks.back_mut() {
+            if v.len() < CHUNK {
+                v.extend_from_slice(data);
+                return;
+            }
+        }
+        self.chunks.push_back(Chunk::Owned(data.to_vec(), 0));
+    }
+
+    /// Appends shared bytes after everything already queued, without copying them.
+    pub fn push_shared(&mut self, data: Bytes) {
+        if data.is_empty() {
+            return;
+        }
+        self.len += data.len();
+        self.chunks.push_back(Chunk::Shared(data));
     }
 
     /// Drops everything queued and frees the memory.
     pub fn clear(&mut self) {
-        self.bytes = VecDeque::new();
+        self.chunks = VecDeque::new();
+        self.len = 0;
     }
 
-    /// Writes queued bytes in order through `write` (a vectored write of at most two slices:
-    /// the ring buffer's two halves) until the queue is empty or `write` says `WouldBlock`.
-    /// `Interrupted` is retried. Returns how many bytes left the queue, and whether it emptied;
-    /// any other error is returned as is, with the unwritten bytes still queued.
+    /// Takes `n` written bytes off the front.
+    fn consume(&mut self, mut n: usize) {
+        self.len -= n;
+        while n > 0 {
+            let front = self.chunks.front_mut().expect("n <= len");
+            let rest = front.rest().len();
+            if n >= rest {
+                n -= rest;
+                self.chunks.pop_front();
+                continue;
+            }
+            match front {
+                Chunk::Owned(_, at) => *at += n,
+                Chunk::Shared(b) => {
+                    let _ = b.split_to(n);
+                }
+            }
+            n = 0;
+        }
+    }
+
+    /// Writes queued bytes in order through `write` (a vectored write of up to 16 chunks)
+    /// until the queue is empty or `write` says `WouldBlock`. `Interrupted` is retried.
+    /// Returns how many bytes left the queue, and whether it emptied; any other error is
+    /// returned as is, with the unwritten bytes still queued.
     pub fn flush_with(
         &mut self,
         mut write: impl FnMut(&[IoSlice<'_>]) -> io::Result<usize>,
     ) -> (usize, io::Result<Flush>) {
         let mut written = 0;
-        while !self.bytes.is_empty() {
-            let (a, b) = self.bytes.as_slices();
-            let slices = [IoSlice::new(a), IoSlice::new(b)];
-            let count = if b.is_empty() { 1 } else { 2 };
+        while !self.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let mut count = 0;
+            for (slot, chunk) in slices.iter_mut().zip(&self.chunks) {
+                *slot = IoSlice::new(chunk.rest());
+                count += 1;
+            }
             match write(&slices[..count]) {
                 Ok(0) => return (written, Err(io::ErrorKind::WriteZero.into())),
                 Ok(n) => {
-                    let n = n.min(self.bytes.len());
-                    self.bytes.drain(..n);
+                    let n = n.min(self.len);
+                    self.consume(n);
                     written += n;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -151,30 +242,46 @@ mod tests {
     }
 
     #[test]
-    fn wrapped_ring_goes_out_as_two_slices() {
+    fn shared_chunks_keep_order_with_copied_ones_and_are_not_copied() {
+        let shared = Bytes::from(vec![7u8; 100]);
         let mut out = OutBuf::new();
-        out.push(&[1; 6]);
-        let mut first = true;
-        let (n, r) = out.flush_with(|s| {
-            assert_eq!(s.len(), 1);
-            if std::mem::take(&mut first) {
-                Ok(4)
-            } else {
-                Err(io::ErrorKind::WouldBlock.into())
-            }
-        });
-        assert_eq!((n, r.unwrap()), (4, Flush::Blocked));
-        out.push(&[2; 20]);
+        out.push(b"ab");
+        out.push_shared(shared.clone());
+        out.push(b"cd");
+        assert_eq!(out.len(), 104);
+        // Partial writes cut through the shared chunk.
         let mut seen = Vec::new();
-        let (n, r) = out.flush_with(|s| {
-            let total: usize = s.iter().map(|s| s.len()).sum();
-            for s in s {
-                seen.extend_from_slice(s);
+        let mut calls = 0;
+        loop {
+            let (_, r) = out.flush_with(|s| {
+                calls += 1;
+                if calls % 2 == 0 {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                let first = &s[0][..s[0].len().min(30)];
+                seen.extend_from_slice(first);
+                Ok(first.len())
+            });
+            if r.unwrap() == Flush::Done {
+                break;
             }
-            Ok(total)
-        });
-        assert_eq!((n, r.unwrap()), (22, Flush::Done));
-        assert_eq!(&seen[..2], &[1, 1]);
-        assert!(seen[2..].iter().all(|&b| b == 2));
+        }
+        let mut expected = b"ab".to_vec();
+        expected.extend_from_slice(&[7; 100]);
+        expected.extend_from_slice(b"cd");
+        assert_eq!(seen, expected);
+        assert!(out.is_empty());
+        assert_eq!(out.capacity(), 0);
+    }
+
+    #[test]
+    fn a_shared_chunk_is_counted_once_and_owned_chunks_are_bounded() {
+        let mut out = OutBuf::new();
+        out.push_shared(Bytes::from(vec![0u8; 1 << 20]));
+        assert!(out.capacity() < 1024, "shared bytes are not this queue's own");
+        for _ in 0..100 {
+            out.push(&[1; 4096]);
+        }
+        assert_eq!(out.len(), (1 << 20) + 409_600);
     }
 }

@@ -1,46 +1,17 @@
 //! `EventLoop`: the reactor. It owns the mio `Poll`, its `Events`, the handler, the one read
 //! buffer and the `Core`; `run_once` is one tick, `run` ticks until stopped.
 
-use crate::core::{Core, Kind, Shutdown, TimerKind};
+use crate::core::Core;
+use crate::dispatch::{self, Ready, User};
 use crate::handle::{Handle, Shared};
 use crate::token::{Key, SIGNALS, WAKER};
-use crate::{
-    Config, ConnId, Context, Handler, ListenerId, Stats, UdpId, conn, linger, listener, udp,
-};
-use mio::event::Event;
+use crate::{Config, ConnId, Context, Handler, ListenerId, Signal, Stats, UdpId};
 use mio::{Events, Interest, Poll};
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// Readiness of one event, as the dispatcher reads it (mio's `Event` can't be built by hand,
-/// so tests feed this).
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Ready {
-    pub(crate) readable: bool,
-    pub(crate) writable: bool,
-    pub(crate) read_closed: bool,
-    pub(crate) error: bool,
-}
-
-impl Ready {
-    fn of(event: &Event) -> Ready {
-        Ready {
-            readable: event.is_readable(),
-            writable: event.is_writable(),
-            read_closed: event.is_read_closed(),
-            error: event.is_error(),
-        }
-    }
-    const READABLE: Ready = Ready {
-        readable: true,
-        writable: false,
-        read_closed: false,
-        error: false,
-    };
-}
 
 /// A single-threaded reactor serving TCP, UDP and Unix sockets to one [`Handler`].
 ///
@@ -49,37 +20,43 @@ impl Ready {
 ///
 /// struct Echo;
 /// impl Handler for Echo {
-///     fn on_data(&mut self, cx: &mut Context<'_>, conn: ConnId, data: &[u8]) {
-///         cx.send(conn, data);
+///     type Conn = ();
+///     fn on_data(&mut self, cx: &mut Context<'_, Self>, conn: ConnId, _: &mut (), data: &[u8]) -> usize {
+///         let _ = cx.send(conn, data);
+///         data.len()
 ///     }
 /// }
 ///
 /// let mut el = EventLoop::new(Echo)?;
 /// el.listen("127.0.0.1:7000".parse().unwrap())?;
+/// el.shutdown_on_signals(std::time::Duration::from_secs(5))?;
 /// el.run()?;
 /// # Ok::<(), std::io::Error>(())
 /// ```
 ///
 /// # One tick
 /// `run_once` waits for readiness (not at all if work was left over, otherwise until the
-/// next timer or the given timeout), serves what last tick's budgets left, dispatches each
-/// event to its live entry, fires due timers, runs work posted from other threads, and
-/// finally runs `on_close` for every entry closed during the tick and frees its slot.
+/// next timer or the given timeout), serves what last tick's budgets left and work deferred
+/// to this tick, dispatches each event to its live entry, fires due timers, runs work posted
+/// from other threads, and finally runs `on_close` for every entry closed during the tick
+/// and frees its slot.
 ///
 /// # Errors
 /// A failure of one connection never escapes: it closes that connection with a
 /// [`CloseReason`](crate::CloseReason). Only a failure of the poll itself is returned.
-pub struct EventLoop<H> {
+pub struct EventLoop<H: Handler> {
     poll: Poll,
     events: Events,
     core: Core,
-    handler: H,
+    user: User<H>,
     /// The one read buffer, lent to every read: idle connections hold none.
     buf: Vec<u8>,
     /// Spare list swapped with `core.ready` each tick, to keep both allocations.
     ready_spare: Vec<Key>,
     shared: Arc<Shared<H>>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
+    /// `shutdown_on_signals`: SIGINT/SIGTERM start a graceful shutdown with this deadline.
+    signal_shutdown: Option<Duration>,
 }
 
 impl<H: Handler> EventLoop<H> {
@@ -88,8 +65,10 @@ impl<H: Handler> EventLoop<H> {
         EventLoop::with_config(handler, Config::default())
     }
 
-    /// A loop with the given settings.
+    /// A loop with the given settings; an invalid setting (see [`Config::validate`]) is an
+    /// `InvalidInput` error.
     pub fn with_config(handler: H, config: Config) -> io::Result<EventLoop<H>> {
+        config.validate()?;
         let poll = Poll::new()?;
         let shared = Arc::new(Shared {
             waker: mio::Waker::new(poll.registry(), WAKER)?,
@@ -97,22 +76,25 @@ impl<H: Handler> EventLoop<H> {
         });
         let registry = poll.registry().try_clone()?;
         Ok(EventLoop {
-            events: Events::with_capacity(config.events_capacity.max(1)),
-            buf: vec![0; config.read_buffer_size.max(1)],
+            events: Events::with_capacity(config.events_capacity),
+            buf: vec![0; config.read_buffer_size],
             core: Core::new(registry, config),
             poll,
-            handler,
+            user: User::new(handler),
             ready_spare: Vec::new(),
             shared,
             signals: None,
+            signal_shutdown: None,
         })
     }
 
     /// A context to act on the loop from outside a callback: listen, bind, connect, send.
-    pub fn context(&mut self) -> Context<'_> {
+    pub fn context(&mut self) -> Context<'_, H> {
         self.core.new_tick();
+        self.user.adopt();
         Context {
             core: &mut self.core,
+            pending: &mut self.user.pending,
         }
     }
 
@@ -131,9 +113,11 @@ impl<H: Handler> EventLoop<H> {
         self.context().bind_udp(addr)
     }
 
-    /// Starts an outbound TCP connect; see [`Context::connect`].
-    pub fn connect(&mut self, addr: SocketAddr) -> io::Result<ConnId> {
-        self.context().connect(addr)
+    /// Starts an outbound TCP connect with its connection state; see [`Context::connect`].
+    pub fn connect(&mut self, addr: SocketAddr, state: H::Conn) -> io::Result<ConnId> {
+        let id = self.context().connect(addr, state);
+        self.user.adopt();
+        id
     }
 
     /// A handle for other threads: post work, stop, shut down.
@@ -141,11 +125,15 @@ impl<H: Handler> EventLoop<H> {
         Handle::new(&self.shared)
     }
 
-    /// Delivers these signals (e.g. `libc::SIGINT`, `libc::SIGTERM`) to
-    /// [`Handler::on_signal`], whose default starts a graceful shutdown. Uses signal-hook's
-    /// mio source: the signal handler only writes to a pipe the loop polls.
-    pub fn watch_signals(&mut self, signals: &[i32]) -> io::Result<()> {
-        let mut source = signal_hook_mio::v1_0::Signals::new(signals)?;
+    /// Delivers these signals to [`Handler::on_signal`]. Uses signal-hook's mio source: the
+    /// signal handler only writes to a pipe the loop polls. Calling it again replaces the
+    /// set.
+    pub fn watch_signals(&mut self, signals: &[Signal]) -> io::Result<()> {
+        let numbers: Vec<i32> = signals.iter().map(|s| s.number()).collect();
+        let mut source = signal_hook_mio::v1_0::Signals::new(numbers)?;
+        if let Some(mut old) = self.signals.take() {
+            let _ = self.poll.registry().deregister(&mut old);
+        }
         self.poll
             .registry()
             .register(&mut source, SIGNALS, Interest::READABLE)?;
@@ -153,14 +141,30 @@ impl<H: Handler> EventLoop<H> {
         Ok(())
     }
 
+    /// Stops gracefully on SIGINT and SIGTERM: the first one starts a graceful shutdown
+    /// (see [`Context::shutdown`]) with this deadline, a second one cuts off what is left at
+    /// once. Opt-in: without it signals keep their default action. `on_signal` still runs
+    /// first.
+    pub fn shutdown_on_signals(&mut self, deadline: Duration) -> io::Result<()> {
+        self.watch_signals(&[Signal::Interrupt, Signal::Terminate])?;
+        self.signal_shutdown = Some(deadline);
+        Ok(())
+    }
+
     /// The handler.
     pub fn handler(&self) -> &H {
-        &self.handler
+        &self.user.handler
     }
 
     /// The handler, mutably (between ticks).
     pub fn handler_mut(&mut self) -> &mut H {
-        &mut self.handler
+        &mut self.user.handler
+    }
+
+    /// The state of connection `conn`, if it is open (between ticks).
+    pub fn conn_state(&mut self, conn: ConnId) -> Option<&mut H::Conn> {
+        self.core.conn_mut(conn.0)?;
+        self.user.states.get_mut(conn.slot())?.as_mut()
     }
 
     /// The loop's counters.
@@ -189,14 +193,21 @@ impl<H: Handler> EventLoop<H> {
     pub fn run_once(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         // 1. Wait for readiness: not at all if work was left over; at most until the next timer.
         self.poll_events(timeout)?;
-        let core = &mut self.core;
+        let (core, user) = (&mut self.core, &mut self.user);
         core.new_tick();
         core.stats.ticks += 1;
-        // 2. Serve what budgets left over last tick (edges won't repeat for them).
+        user.adopt();
+        // 2. Serve what budgets left over last tick (edges won't repeat for them), and
+        // work deferred to this tick.
         if !core.ready.is_empty() {
             std::mem::swap(&mut core.ready, &mut self.ready_spare);
             for key in self.ready_spare.drain(..) {
-                dispatch(core, &mut self.handler, &mut self.buf, key, Ready::READABLE);
+                dispatch::dispatch(core, user, &mut self.buf, key, Ready::READABLE);
+            }
+        }
+        if !user.pending.deferred.is_empty() {
+            for work in std::mem::take(&mut user.pending.deferred) {
+                dispatch::invoke(core, user, None, work);
             }
         }
         // 3. Dispatch each event to its live entry; stale and dead tokens are dropped.
@@ -206,44 +217,29 @@ impl<H: Handler> EventLoop<H> {
             count += 1;
             match event.token() {
                 WAKER => woken = true,
-                SIGNALS => {
-                    let pending: Vec<i32> = match &mut self.signals {
-                        Some(s) => s.pending().collect(),
-                        None => Vec::new(),
-                    };
-                    for signal in pending {
-                        let h = &mut self.handler;
-                        core.invoke(h, None, |h, cx| h.on_signal(cx, signal));
-                    }
-                }
+                SIGNALS => signalled(core, user, &mut self.signals, self.signal_shutdown),
                 token => {
                     let key = Key::from_token(token);
-                    dispatch(
-                        core,
-                        &mut self.handler,
-                        &mut self.buf,
-                        key,
-                        Ready::of(event),
-                    );
+                    dispatch::dispatch(core, user, &mut self.buf, key, Ready::of(event));
                 }
             }
         }
         core.stats.events += count;
         core.stats.max_events_per_tick = core.stats.max_events_per_tick.max(count);
         // 4. Fire due timers.
-        fire_timers(core, &mut self.handler);
+        dispatch::fire_timers(core, user);
         // 5. Run work posted from other threads.
         if woken {
             for task in self.shared.take_tasks() {
-                core.invoke(&mut self.handler, None, task);
+                dispatch::invoke(core, user, None, task);
             }
         }
         // 6. Reap: `on_close` for everything closed this tick, then free the slots.
         if !core.closing.is_empty() {
-            reap(core, &mut self.handler);
+            dispatch::reap(core, user);
         }
-        // 7. A graceful shutdown ends when the last connection has gone.
-        if core.shutdown.is_some() && core.stats.connections_open == 0 {
+        // 7. A graceful shutdown ends when the last connection and lingering socket have gone.
+        if core.shutdown_done() {
             if let Some(t) = core.shutdown.take().and_then(|s| s.timer) {
                 core.timers.cancel(t);
             }
@@ -262,7 +258,10 @@ impl<H: Handler> EventLoop<H> {
                 }
                 None => timeout,
             };
-            if !self.core.ready.is_empty() || !self.core.closing.is_empty() {
+            if !self.core.ready.is_empty()
+                || !self.core.closing.is_empty()
+                || !self.user.pending.deferred.is_empty()
+            {
                 wait = Some(Duration::ZERO);
             }
             match self.poll.poll(&mut self.events, wait) {
@@ -277,7 +276,7 @@ impl<H: Handler> EventLoop<H> {
     #[cfg(test)]
     pub(crate) fn inject(&mut self, token: mio::Token, ready: Ready) {
         let key = Key::from_token(token);
-        dispatch(&mut self.core, &mut self.handler, &mut self.buf, key, ready);
+        dispatch::dispatch(&mut self.core, &mut self.user, &mut self.buf, key, ready);
     }
 
     #[cfg(test)]
@@ -286,166 +285,28 @@ impl<H: Handler> EventLoop<H> {
     }
 }
 
-/// Routes one event to the entry `key` names, if that entry is still live. The common
-/// case, a connection that is only readable, goes straight to the read loop; everything
-/// else is out of line in `dispatch_other`.
-#[inline]
-fn dispatch<H: Handler>(core: &mut Core, h: &mut H, buf: &mut [u8], key: Key, ready: Ready) {
-    let only_readable = ready.readable && !ready.writable && !ready.read_closed && !ready.error;
-    if only_readable && matches!(core.live_mut(key), Some(Kind::Conn(_))) {
-        conn::read(core, h, buf, key);
-    } else {
-        dispatch_other(core, h, buf, key, ready);
-    }
-}
-
-#[inline(never)]
-fn dispatch_other<H: Handler>(core: &mut Core, h: &mut H, buf: &mut [u8], key: Key, ready: Ready) {
-    match core.live_mut(key) {
-        Some(Kind::Listener(_)) => listener::accept(core, h, key),
-        Some(Kind::Dgram(_)) => {
-            if ready.writable {
-                core.dgram_flush(key);
+/// The signal source is readable: each pending signal goes to `on_signal`; with
+/// `shutdown_on_signals`, SIGINT/SIGTERM then start a graceful shutdown, or, if one is
+/// already under way, cut it short.
+fn signalled<H: Handler>(
+    core: &mut Core,
+    user: &mut User<H>,
+    source: &mut Option<signal_hook_mio::v1_0::Signals>,
+    shutdown: Option<Duration>,
+) {
+    let pending: Vec<Signal> = match source {
+        Some(s) => s.pending().filter_map(Signal::from_number).collect(),
+        None => Vec::new(),
+    };
+    for signal in pending {
+        dispatch::invoke(core, user, None, |h, cx| h.on_signal(cx, signal));
+        match shutdown {
+            Some(_) if signal.is_stop() && core.shutdown.is_some() => {
+                log::warn!("{signal} again: cutting off what is left");
+                core.shutdown_deadline();
             }
-            if ready.readable || ready.error {
-                udp::recv(core, h, buf, key);
-            }
-        }
-        Some(Kind::Linger(_)) => linger::readable(core, buf, key),
-        Some(Kind::Conn(c)) => {
-            if ready.read_closed {
-                c.read_closed = true;
-            }
-            if ready.error {
-                if let Ok(Some(e)) | Err(e) = c.stream.take_error() {
-                    core.kill(key, crate::CloseReason::Error(e));
-                    return;
-                }
-            }
-            if ready.writable || ready.read_closed {
-                conn::writable(core, h, key);
-            }
-            if ready.readable || ready.read_closed {
-                conn::read(core, h, buf, key);
-            }
-        }
-        // Stale generation, freed slot, or marked dead earlier in this tick.
-        None => {}
-    }
-}
-
-/// Fires the timers due at the tick's `now`. A callback may set a timer that is due at
-/// once; the budget (timers pending at the start) leaves such ones to the next tick rather
-/// than looping forever.
-fn fire_timers<H: Handler>(core: &mut Core, h: &mut H) {
-    let mut budget = core.timers.len();
-    if budget == 0 {
-        return;
-    }
-    let now = core.now();
-    while budget > 0 {
-        budget -= 1;
-        let Some((id, kind)) = core.timers.pop_expired(now) else {
-            break;
-        };
-        match kind {
-            TimerKind::User => core.invoke(h, None, |h, cx| h.on_timer(cx, id)),
-            TimerKind::Idle(key) => core.idle_check(key),
-            TimerKind::Connect(key) => core.connect_timed_out(key),
-            TimerKind::AcceptRetry(key) => listener::retry(core, h, key),
-            TimerKind::Linger(key) => {
-                if let Some(Kind::Linger(_)) = core.live_mut(key) {
-                    core.kill(key, crate::CloseReason::Local);
-                }
-            }
-            TimerKind::ShutdownDeadline => core.shutdown_deadline(),
-        }
-    }
-}
-
-/// Runs `on_close` for each entry marked dead this tick (and any its callbacks kill in
-/// turn), then frees the slot, which closes the socket.
-fn reap<H: Handler>(core: &mut Core, h: &mut H) {
-    let mut i = 0;
-    while i < core.closing.len() {
-        let key = core.closing[i];
-        i += 1;
-        let Some(entry) = core.slab.get_mut(key.slot as usize) else {
-            continue;
-        };
-        match &mut entry.kind {
-            Kind::Conn(c) => {
-                let reason = c.reason.take().unwrap_or(crate::CloseReason::Local);
-                // Closed cleanly before the peer's EOF: FIN and linger (see linger.rs).
-                let linger = reason.is_clean() && !c.eof;
-                core.stats.connections_open -= 1;
-                core.stats.closed.count(&reason);
-                core.invoke(h, None, |h, cx| h.on_close(cx, ConnId(key), &reason));
-                if linger {
-                    if let Kind::Conn(c) = core.slab.remove(key.slot as usize).kind {
-                        linger::start(core, c.stream, true);
-                    }
-                    continue;
-                }
-            }
-            Kind::Linger(_) => core.stats.lingering -= 1,
-            Kind::Listener(l) => {
-                if let crate::listener::Listener::Unix(_, path) = &l.socket {
-                    let _ = std::fs::remove_file(path);
-                }
-            }
-            Kind::Dgram(d) => {
-                if let crate::udp::DgramSocket::Unix(_, Some(path)) = &d.socket {
-                    let _ = std::fs::remove_file(path);
-                }
-            }
-        }
-        core.slab.remove(key.slot as usize);
-    }
-    core.closing.clear();
-}
-
-impl Core {
-    /// Keys of the live entries whose kind matches: O(n), for shutdown only.
-    fn live_keys(&self, wanted: impl Fn(&Kind) -> bool) -> Vec<Key> {
-        let live = self.slab.iter().filter(|(_, e)| !e.dead && wanted(&e.kind));
-        live.map(|(slot, e)| Key {
-            slot: slot as u32,
-            generation: e.generation,
-        })
-        .collect()
-    }
-
-    pub(crate) fn begin_shutdown(&mut self, deadline: Duration) {
-        if self.shutdown.is_some() {
-            return;
-        }
-        log::info!("graceful shutdown: {deadline:?} for peers to take their bytes");
-        self.shutdown = Some(Shutdown { timer: None });
-        for key in self.live_keys(|k| matches!(k, Kind::Conn(_))) {
-            self.conn_close(key);
-        }
-        for key in self.live_keys(|k| matches!(k, Kind::Listener(_) | Kind::Dgram(_))) {
-            self.dgram_flush(key);
-            self.kill(key, crate::CloseReason::Local);
-        }
-        let at = self.now() + deadline;
-        let timer = self.timers.insert(at, None, TimerKind::ShutdownDeadline);
-        if let Some(s) = &mut self.shutdown {
-            s.timer = Some(timer);
-        }
-    }
-
-    fn shutdown_deadline(&mut self) {
-        if self.shutdown.is_none() {
-            return;
-        }
-        let keys = self.live_keys(|k| matches!(k, Kind::Conn(_)));
-        if !keys.is_empty() {
-            log::warn!("shutdown deadline: cutting off {} connections", keys.len());
-        }
-        for key in keys {
-            self.conn_reset(key, crate::CloseReason::Shutdown);
+            Some(deadline) if signal.is_stop() => core.begin_shutdown(deadline),
+            _ => {}
         }
     }
 }

@@ -4,7 +4,8 @@
 use super::*;
 use crate::conn::State;
 use crate::stream::Stream;
-use crate::{CloseReason, ConnId};
+use crate::{CloseReason, ConnId, SendError, TimerId};
+use crate::Config;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
@@ -16,13 +17,15 @@ struct Rec {
 }
 
 impl Handler for Rec {
-    fn on_open(&mut self, _cx: &mut Context<'_>, conn: ConnId) {
+    type Conn = ();
+    fn on_open(&mut self, _cx: &mut Context<'_, Self>, conn: ConnId, _: &mut ()) {
         self.opens.push(conn);
     }
-    fn on_data(&mut self, _cx: &mut Context<'_>, conn: ConnId, data: &[u8]) {
+    fn on_data(&mut self, _cx: &mut Context<'_, Self>, conn: ConnId, _: &mut (), data: &[u8]) -> usize {
         self.data.push((conn, data.to_vec()));
+        data.len()
     }
-    fn on_close(&mut self, _cx: &mut Context<'_>, conn: ConnId, _reason: &CloseReason) {
+    fn on_close(&mut self, _cx: &mut Context<'_, Self>, conn: ConnId, _: (), _reason: &CloseReason) {
         self.closes.push(conn);
     }
 }
@@ -46,7 +49,7 @@ fn stale_token_never_reaches_the_entry_that_reused_its_slot() {
     let _b_client = TcpStream::connect(addr).unwrap();
     tick_until(&mut el, |h| h.opens.len() == 1);
     let b = el.handler().opens[0];
-    el.context().send(b, b"queued for B");
+    el.context().send(b, b"queued for B").unwrap();
     el.context().abort(b);
     el.run_once(Some(Duration::ZERO)).unwrap(); // reaps B, frees its slot
     assert_eq!(el.handler().closes, [b]);
@@ -92,7 +95,7 @@ fn dead_ids_are_inert() {
     let _c = TcpStream::connect(addr).unwrap();
     tick_until(&mut el, |h| h.opens.len() == 2);
     let mut cx = el.context();
-    assert!(!cx.send(b, b"x"));
+    assert_eq!(cx.send(b, b"x"), Err(SendError::Closed));
     assert!(cx.peer_addr(b).is_err());
     assert_eq!(cx.queued(b), None);
     cx.close(b);
@@ -109,10 +112,13 @@ fn writable_interest_only_while_bytes_are_queued() {
     ours.set_nonblocking(true).unwrap();
     let stream = Stream::Unix(mio::net::UnixStream::from_std(ours));
     let key = el.core().register_conn(stream, State::Open, None).unwrap();
+    // As an outbound connect does: the state goes beside the connection (on_drain needs it).
+    el.user.pending.states.push((key, ()));
+    el.user.adopt();
     let id = ConnId(key);
     assert!(!el.core().conn_mut(key).unwrap().writable_armed);
 
-    assert!(el.context().send(id, &vec![5u8; 4 << 20]));
+    el.context().send(id, &vec![5u8; 4 << 20]).unwrap();
     let queued = el.context().queued(id).unwrap();
     assert!(queued > 0, "a socketpair can't take 4 MiB at once");
     assert!(el.core().conn_mut(key).unwrap().writable_armed);
@@ -141,4 +147,102 @@ fn idle_connection_fits_the_memory_budget() {
     let slot = std::mem::size_of::<crate::core::Entry>() + std::mem::size_of::<usize>();
     assert!(slot <= 256, "a slab slot is {slot} bytes");
     assert_eq!(crate::outbuf::OutBuf::new().capacity(), 0);
+}
+
+/// Accepts one connection on a fresh loop with `config`; returns the loop, the client and
+/// the listener's address.
+fn one_accepted(config: Config) -> (EventLoop<Rec>, TcpStream, std::net::SocketAddr, ConnId) {
+    let mut el = EventLoop::with_config(Rec::default(), config).unwrap();
+    let l = el.listen("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = el.context().listener_addr(l).unwrap().as_inet().unwrap();
+    let client = TcpStream::connect(addr).unwrap();
+    tick_until(&mut el, |h| h.opens.len() == 1);
+    let conn = el.handler().opens[0];
+    (el, client, addr, conn)
+}
+
+/// `cancel_timer` cancels the handler's own timers only: ids of the loop's idle, connect
+/// and shutdown-deadline timers (which a handler is never given, but could forge or guess:
+/// ids are sequential) are refused, and those timers stay armed.
+#[test]
+fn cancel_timer_cannot_cancel_the_loops_own_timers() {
+    let mut config = Config::default();
+    config.idle_timeout = Some(Duration::from_secs(60));
+    let (mut el, _client, addr, conn) = one_accepted(config);
+    let idle: TimerId = el.core().conn_mut(conn.0).unwrap().timer.expect("idle timer");
+    let out = el.connect(addr, ()).unwrap();
+    let connect: TimerId = el.core().conn_mut(out.0).unwrap().timer.expect("connect timer");
+    let user = el.context().set_timer(Duration::from_secs(60));
+    assert!(user.as_u64() > idle.as_u64() && user.as_u64() > connect.as_u64());
+    for internal in [idle, connect] {
+        assert!(!el.context().cancel_timer(internal), "{internal:?}");
+        assert!(el.core().timers.contains(internal), "{internal:?} still armed");
+    }
+    el.context().shutdown(Duration::from_secs(60));
+    let deadline = el.core().shutdown.as_ref().unwrap().timer.unwrap();
+    assert!(!el.context().cancel_timer(deadline));
+    assert!(el.core().timers.contains(deadline));
+    assert!(el.context().cancel_timer(user), "the handler's own timer");
+    assert!(!el.context().cancel_timer(user), "only once");
+}
+
+/// A connection's timers are cancelled when it closes: gone from the store at once, not
+/// cancellable afterwards, and no new one can be set on the dead id.
+#[test]
+fn conn_timers_are_cancelled_when_the_connection_closes() {
+    let (mut el, _client, _, conn) = one_accepted(Config::default());
+    let mut cx = el.context();
+    let once = cx.set_conn_timer(conn, Duration::from_secs(60)).unwrap();
+    let every = cx.set_conn_interval(conn, Duration::from_secs(60)).unwrap();
+    let cancelled = cx.set_conn_timer(conn, Duration::from_secs(60)).unwrap();
+    assert!(cx.cancel_timer(cancelled));
+    assert!(!cx.cancel_timer(cancelled));
+    assert_eq!(el.core().conn_mut(conn.0).unwrap().user_timers, [once, every]);
+    el.context().close(conn);
+    assert!(!el.core().timers.contains(once) && !el.core().timers.contains(every));
+    el.run_once(Some(Duration::ZERO)).unwrap();
+    assert_eq!(el.handler().closes, [conn]);
+    let mut cx = el.context();
+    assert!(!cx.cancel_timer(once));
+    assert!(!cx.cancel_timer(every));
+    assert_eq!(cx.set_conn_timer(conn, Duration::from_secs(1)), None);
+    assert_eq!(cx.set_conn_interval(conn, Duration::from_secs(1)), None);
+}
+
+/// A stale event for a connection closed earlier in the tick neither reads nor presents
+/// its kept input, and `kept_input` of a dead id is `None`.
+#[test]
+fn kept_input_dies_with_its_connection() {
+    #[derive(Default)]
+    struct Keeper(Vec<Vec<u8>>);
+    impl Handler for Keeper {
+        type Conn = ();
+        fn on_data(&mut self, _: &mut Context<'_, Self>, _: ConnId, _: &mut (), data: &[u8]) -> usize {
+            self.0.push(data.to_vec());
+            0 // keeps everything
+        }
+    }
+    let mut el = EventLoop::new(Keeper::default()).unwrap();
+    let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    let stream = Stream::Unix(mio::net::UnixStream::from_std(ours));
+    let key = el.core().register_conn(stream, State::Open, None).unwrap();
+    el.user.pending.states.push((key, ()));
+    el.user.adopt();
+    let id = ConnId(key);
+    theirs.write_all(b"abc").unwrap();
+    el.inject(key.token(), Ready::READABLE);
+    assert_eq!(el.handler().0, [b"abc".to_vec()]);
+    assert_eq!(el.context().kept_input(id), Some(3));
+    theirs.write_all(b"def").unwrap();
+    el.inject(key.token(), Ready::READABLE);
+    assert_eq!(el.handler().0[1], b"abcdef", "kept bytes come first");
+    assert_eq!(el.context().kept_input(id), Some(6));
+    el.context().abort(id);
+    theirs.write_all(b"ghi").unwrap();
+    el.inject(key.token(), Ready::READABLE);
+    assert_eq!(el.handler().0.len(), 2, "a dead connection reads nothing");
+    assert_eq!(el.context().kept_input(id), None);
+    el.run_once(Some(Duration::ZERO)).unwrap();
+    assert_eq!(el.slab_len(), 0);
 }

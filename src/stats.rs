@@ -33,6 +33,8 @@ pub struct Stats {
     /// Sockets closed cleanly that are still half-closed, waiting for the peer's EOF
     /// (lingering close); not connections any more.
     pub lingering: u64,
+    /// Lingering sockets closed early to make room under `max_connections`.
+    pub lingering_dropped: u64,
     /// Handler callbacks that panicked.
     pub panics: u64,
     /// Ticks of the loop.
@@ -54,6 +56,8 @@ pub struct ClosedCounts {
     pub error: u64,
     pub idle_timeout: u64,
     pub output_limit: u64,
+    pub input_limit: u64,
+    pub send_timeout: u64,
     pub connect_failed: u64,
     pub connect_timeout: u64,
     pub shutdown: u64,
@@ -69,6 +73,8 @@ impl ClosedCounts {
             CloseReason::Error(_) => &mut self.error,
             CloseReason::IdleTimeout => &mut self.idle_timeout,
             CloseReason::OutputLimit => &mut self.output_limit,
+            CloseReason::InputLimit => &mut self.input_limit,
+            CloseReason::SendTimeout => &mut self.send_timeout,
             CloseReason::ConnectFailed(_) => &mut self.connect_failed,
             CloseReason::ConnectTimeout => &mut self.connect_timeout,
             CloseReason::Shutdown => &mut self.shutdown,
@@ -85,6 +91,8 @@ impl ClosedCounts {
             + self.error
             + self.idle_timeout
             + self.output_limit
+            + self.input_limit
+            + self.send_timeout
             + self.connect_failed
             + self.connect_timeout
             + self.shutdown

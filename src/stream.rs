@@ -11,6 +11,16 @@ use socket2::SockRef;
 use std::io::{self, IoSlice, Read};
 use std::net::Shutdown;
 
+/// The socket would block: control flow, not an error.
+pub(crate) fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+/// A signal interrupted the call: retry it.
+pub(crate) fn interrupted(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::Interrupted
+}
+
 pub(crate) enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),

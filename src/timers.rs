@@ -129,6 +129,12 @@ impl<T: Copy> Timers<T> {
         payload
     }
 
+    /// The payload of pending timer `id`.
+    pub fn get(&self, id: TimerId) -> Option<&T> {
+        let (deadline, _) = self.by_id.get(&id.0)?;
+        self.by_deadline.get(&(*deadline, id.0))
+    }
+
     /// Whether `id` names a pending timer (one that [`cancel`](Self::cancel) would remove).
     pub fn contains(&self, id: TimerId) -> bool {
         self.by_id.contains_key(&id.0)
@@ -198,6 +204,18 @@ impl<T: Copy> Timers<T> {
     }
 }
 
+/// How far ahead "never" is: a deadline past what `Instant` can represent becomes this far
+/// from now instead (about 100 years), so it never fires yet stays cancellable.
+const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// `now + after`, saturating: an `after` too long to represent (`Duration::MAX`, a
+/// configured timeout of 1e19 s) means "never", not a panic.
+pub(crate) fn deadline_after(now: Instant, after: Duration) -> Instant {
+    now.checked_add(after.min(NEVER))
+        .or_else(|| now.checked_add(NEVER))
+        .unwrap_or(now)
+}
+
 /// Hasher for the id index. Ids are generated here (no untrusted keys, so no need for SipHash's
 /// flooding resistance) and sequential; a Fibonacci multiply spreads them over the high bits the
 /// hash table uses for tags while keeping the low bits a permutation.
@@ -226,6 +244,18 @@ impl Hasher for IdHasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deadlines_past_the_representable_range_mean_never() {
+        let now = Instant::now();
+        let far = deadline_after(now, Duration::MAX);
+        assert!(far > now + Duration::from_secs(50 * 365 * 24 * 3600));
+        assert_eq!(deadline_after(now, Duration::from_secs(1)), now + Duration::from_secs(1));
+        let mut timers = Timers::new();
+        let id = timers.insert(far, None, ());
+        assert!(timers.pop_expired(now + Duration::from_secs(3600)).is_none());
+        assert!(timers.cancel(id).is_some());
+    }
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)

@@ -4,10 +4,12 @@
 //! datagram that fills the whole buffer may have been cut short by the kernel, so it is
 //! dropped with a log line rather than handed over as if complete (with the default 64 KiB
 //! buffer no UDP datagram can be that large). `send_to` that meets `WouldBlock` queues the
-//! datagram, up to a bound, and WRITABLE is asked for only while the queue holds any.
+//! datagram, up to a bound, and WRITABLE is asked for only while the queue holds any. The
+//! receive loop, which calls the handler, is in dispatch.rs.
 
-use crate::core::{Core, Kind, interrupted, live_in, would_block};
-use crate::{Addr, Handler, UdpId, token::Key};
+use crate::stream::{interrupted, would_block};
+use crate::{Addr, UdpId};
+use mio::Interest;
 use mio::event::Source;
 use mio::net::{UdpSocket, UnixDatagram};
 use std::collections::VecDeque;
@@ -34,7 +36,7 @@ impl DgramSocket {
         }
     }
 
-    fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, Addr)> {
+    pub(crate) fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, Addr)> {
         match self {
             DgramSocket::Udp(s) => s.recv_from(buf).map(|(n, a)| (n, Addr::Inet(a))),
             DgramSocket::Unix(s, _) => s.recv_from(buf).map(|(n, a)| (n, Addr::Unix(a))),
@@ -65,10 +67,11 @@ impl DgramSocket {
         }
     }
 
-    pub(crate) fn udp(&self) -> Option<&UdpSocket> {
+    /// The socket, for options evloop has no method for.
+    pub(crate) fn sock(&self) -> socket2::SockRef<'_> {
         match self {
-            DgramSocket::Udp(s) => Some(s),
-            DgramSocket::Unix(..) => None,
+            DgramSocket::Udp(s) => socket2::SockRef::from(s),
+            DgramSocket::Unix(s, _) => socket2::SockRef::from(s),
         }
     }
 }
@@ -81,99 +84,56 @@ impl Dgram {
             writable_armed: false,
         }
     }
-}
 
-/// Receives datagrams on `key` until `WouldBlock` or the budget, each to `on_datagram`.
-pub(crate) fn recv<H: Handler>(core: &mut Core, handler: &mut H, buf: &mut [u8], key: Key) {
-    let id = UdpId(key);
-    for _ in 0..core.config.datagram_budget {
-        let Some(Kind::Dgram(d)) = core.live_mut(key) else {
-            return;
-        };
-        match d.socket.recv_from(buf) {
-            Ok((n, _)) if n == buf.len() => {
-                core.stats.datagrams_dropped += 1;
-                log::warn!("{id}: datagram of {n}+ bytes may be truncated; dropped");
-            }
-            Ok((n, from)) => {
-                core.stats.datagrams_in += 1;
-                core.invoke(handler, None, |h, cx| {
-                    h.on_datagram(cx, id, &buf[..n], &from)
-                });
-            }
-            // Drained.
-            Err(e) if would_block(&e) => return,
-            Err(e) if interrupted(&e) => {}
-            // An ICMP error for an earlier send (ECONNREFUSED, ...): reading it cleared it.
-            Err(e) => log::debug!("{id}: {e}"),
+    pub(crate) fn interest(&self) -> Interest {
+        if self.writable_armed {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
         }
     }
-    core.ready.push(key);
-}
 
-impl Core {
-    /// `send_to` for a datagram socket: sends now, or queues (bounded) on `WouldBlock`.
-    pub(crate) fn dgram_send_to(&mut self, key: Key, data: &[u8], to: &Addr) -> io::Result<()> {
-        let limit = self.config.datagram_queue_limit;
-        let Some(Kind::Dgram(d)) = live_in(&mut self.slab, key) else {
-            return Err(io::ErrorKind::NotConnected.into());
-        };
-        if d.queue.is_empty() {
+    /// Sends now, or queues (at most `limit` datagrams) on `WouldBlock`. Returns whether it
+    /// was sent now (`Ok(false)`: queued), and whether WRITABLE must be armed.
+    pub(crate) fn send_to(&mut self, data: &[u8], to: &Addr, limit: usize) -> (io::Result<bool>, bool) {
+        if self.queue.is_empty() {
             loop {
-                match d.socket.send_to(data, to) {
-                    Ok(_) => {
-                        self.stats.datagrams_out += 1;
-                        return Ok(());
-                    }
+                match self.socket.send_to(data, to) {
+                    Ok(_) => return (Ok(true), false),
                     Err(e) if interrupted(&e) => {}
                     Err(e) if would_block(&e) => break,
-                    Err(e) => {
-                        self.stats.datagrams_dropped += 1;
-                        return Err(e);
-                    }
+                    Err(e) => return (Err(e), false),
                 }
             }
         }
-        if d.queue.len() >= limit {
-            self.stats.datagrams_dropped += 1;
-            return Err(io::ErrorKind::WouldBlock.into());
+        if self.queue.len() >= limit {
+            return (Err(io::ErrorKind::WouldBlock.into()), false);
         }
-        d.queue.push_back((data.to_vec(), to.clone()));
-        if !d.writable_armed {
-            d.writable_armed = true;
-            let token = key.token();
-            let interest = mio::Interest::READABLE | mio::Interest::WRITABLE;
-            self.registry
-                .reregister(d.socket.source(), token, interest)?;
-        }
-        Ok(())
+        self.queue.push_back((data.to_vec(), to.clone()));
+        let rearm = !self.writable_armed;
+        self.writable_armed = true;
+        (Ok(false), rearm)
     }
 
-    /// WRITABLE on a datagram socket: send what is queued, drop WRITABLE once it is empty.
-    pub(crate) fn dgram_flush(&mut self, key: Key) {
-        let Some(Kind::Dgram(d)) = live_in(&mut self.slab, key) else {
-            return;
-        };
-        while let Some((data, to)) = d.queue.front() {
-            match d.socket.send_to(data, to) {
-                Ok(_) => self.stats.datagrams_out += 1,
+    /// Sends what is queued until `WouldBlock`; drops WRITABLE once the queue is empty.
+    /// Returns (sent, dropped, whether the interest changed).
+    pub(crate) fn flush(&mut self, id: UdpId) -> (u64, u64, bool) {
+        let (mut sent, mut dropped) = (0, 0);
+        while let Some((data, to)) = self.queue.front() {
+            match self.socket.send_to(data, to) {
+                Ok(_) => sent += 1,
                 Err(e) if interrupted(&e) => continue,
-                Err(e) if would_block(&e) => return,
+                Err(e) if would_block(&e) => return (sent, dropped, false),
                 Err(e) => {
-                    self.stats.datagrams_dropped += 1;
-                    log::debug!("{}: queued datagram to {to}: {e}", UdpId(key));
+                    dropped += 1;
+                    log::debug!("{id}: queued datagram to {to}: {e}");
                 }
             }
-            d.queue.pop_front();
+            self.queue.pop_front();
         }
-        d.queue = VecDeque::new();
-        d.writable_armed = false;
-        let token = key.token();
-        if let Err(e) = self
-            .registry
-            .reregister(d.socket.source(), token, mio::Interest::READABLE)
-        {
-            log::error!("{}: reregister: {e}", UdpId(key));
-        }
+        self.queue = VecDeque::new();
+        let rearm = self.writable_armed;
+        self.writable_armed = false;
+        (sent, dropped, rearm)
     }
 }

@@ -247,6 +247,23 @@ impl<H: Handler> Context<'_, H> {
         self.add_outbound(Stream::Unix(stream), state)
     }
 
+    /// Takes over a TCP connection accepted elsewhere (another loop, another thread, a
+    /// socket handed over by a supervisor): it is made non-blocking, registered, and handed
+    /// to `on_open` with a default state right after this callback, like an accepted one.
+    /// Counts toward `max_connections` (past it, the socket is closed and this fails).
+    pub fn adopt(&mut self, stream: std::net::TcpStream) -> io::Result<ConnId> {
+        if self.core.stats.connections_open >= self.core.config.max_connections as u64 {
+            self.core.stats.refused += 1;
+            return Err(io::Error::other("max_connections reached"));
+        }
+        stream.set_nonblocking(true)?;
+        let stream = Stream::Tcp(mio::net::TcpStream::from_std(stream));
+        let key = self.core.register_conn(stream, State::Open, None)?;
+        self.core.stats.accepted += 1;
+        self.core.adopted.push(key);
+        Ok(ConnId(key))
+    }
+
     fn add_outbound(&mut self, stream: Stream, state: H::Conn) -> io::Result<ConnId> {
         let key = self.core.register_conn(stream, State::Connecting, None)?;
         self.pending.states.push((key, state));
@@ -298,12 +315,20 @@ impl<H: Handler> Context<'_, H> {
     fn add_listener(&mut self, socket: Listener) -> io::Result<ListenerId> {
         let entry = ListenerEntry {
             socket,
+            hand_off: None,
             backing_off: false,
             failures: 0,
         };
         self.core
             .register_entry(Kind::Listener(entry))
             .map(ListenerId)
+    }
+
+    /// Routes `listener`'s accepted TCP connections through `hand_off` (`Workers`).
+    pub(crate) fn set_hand_off(&mut self, listener: ListenerId, hand_off: crate::listener::HandOff) {
+        if let Some(Kind::Listener(l)) = self.core.live_mut(listener.0) {
+            l.hand_off = Some(hand_off);
+        }
     }
 
     /// The address a listener is bound to (after port 0, the port it got).

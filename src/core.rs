@@ -73,6 +73,8 @@ pub(crate) struct Core {
     /// Entries whose budget ran out, or whose reading resumed: served next tick, and the
     /// poll does not sleep while any are waiting.
     pub(crate) ready: Vec<Key>,
+    /// Connections taken over by `Context::adopt`: `on_open` right after the callback.
+    pub(crate) adopted: Vec<Key>,
     /// Entries marked dead this tick: `on_close`, then free, at the end of the tick.
     pub(crate) closing: VecDeque<Key>,
     /// Lingering sockets, oldest first (keys of ones that already ended are skipped): the
@@ -106,6 +108,7 @@ impl Core {
             timers: Timers::new(),
             clock: Cell::new(None),
             ready: Vec::new(),
+            adopted: Vec::new(),
             closing: VecDeque::new(),
             lingering: VecDeque::new(),
             stopped: false,
@@ -671,8 +674,19 @@ impl Core {
 
     /// Starts a graceful shutdown: listeners and datagram sockets close now, connections
     /// flush and FIN, and whatever is left at the deadline is reset.
+    /// Called again while one is under way, an earlier deadline brings it forward (a second
+    /// SIGINT, or `deadline` zero: cut off what is left now); a later one changes nothing.
     pub(crate) fn begin_shutdown(&mut self, deadline: Duration) {
-        if self.shutdown.is_some() {
+        if let Some(timer) = self.shutdown.as_ref().map(|s| s.timer) {
+            let at = deadline_after(self.now(), deadline);
+            let current = timer.and_then(|t| self.timers.deadline(t));
+            if current.is_none_or(|c| at < c) {
+                if let Some(t) = timer {
+                    self.timers.cancel(t);
+                }
+                let timer = self.timers.insert(at, None, TimerKind::ShutdownDeadline);
+                self.shutdown = Some(Shutdown { timer: Some(timer) });
+            }
             return;
         }
         log::info!("graceful shutdown: {deadline:?} for peers to take their bytes");

@@ -97,7 +97,7 @@ pub(crate) fn invoke<H: Handler>(
     } else if catch_unwind(AssertUnwindSafe(|| f(handler, &mut cx))).is_err() {
         panicked(core, blame);
     }
-    user.adopt();
+    settle(core, user);
 }
 
 /// Runs one callback about connection `key`, lending it the connection's state.
@@ -126,7 +126,22 @@ pub(crate) fn invoke_conn<H: Handler>(
     } else if catch_unwind(AssertUnwindSafe(|| f(handler, &mut cx, state))).is_err() {
         panicked(core, Some(key));
     }
+    settle(core, user);
+}
+
+/// After a callback: the states of connections it started go beside them, and connections
+/// it adopted get their default state and `on_open`.
+#[inline]
+pub(crate) fn settle<H: Handler>(core: &mut Core, user: &mut User<H>) {
     user.adopt();
+    if !core.adopted.is_empty() {
+        for key in std::mem::take(&mut core.adopted) {
+            if core.conn_mut(key).is_some() {
+                user.put_state(key, H::Conn::default());
+                invoke_conn(core, user, key, |h, cx, st| h.on_open(cx, ConnId(key), st));
+            }
+        }
+    }
 }
 
 #[cold]
@@ -354,7 +369,9 @@ pub(crate) fn accept<H: Handler>(core: &mut Core, user: &mut User<H>, key: Key) 
         match l.accept() {
             Accepted::Conn(stream) => {
                 l.failures = 0;
-                open_accepted(core, user, stream, id);
+                if let Some(stream) = l.route(stream) {
+                    open_accepted(core, user, stream, id);
+                }
             }
             Accepted::Blocked => return,
             Accepted::Skip(e) => log::debug!("accept on {id}: {e}; skipped"),

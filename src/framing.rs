@@ -500,7 +500,9 @@ enum LengthState {
 /// length prefix has arrived; its payload is then skipped (not buffered), and
 /// the next frame is decoded normally.
 ///
-/// [`encode_length_prefixed`] writes this format.
+/// Inside a handler, [`decode`](Self::decode) the loop's kept input; outside a
+/// loop, [`feed`](Self::feed) each read. [`encode_length_prefixed`] writes this
+/// format.
 #[derive(Clone, Debug)]
 pub struct LengthDecoder {
     max_frame: usize,
@@ -531,9 +533,78 @@ impl LengthDecoder {
 
     /// Bytes held of an incomplete frame: up to 3 bytes of a length prefix,
     /// or up to `max_frame` bytes of a payload. Zero while skipping an
-    /// over-large payload.
+    /// over-large payload. Always zero with [`decode`](Self::decode).
     pub fn buffered(&self) -> usize {
         self.header_len + self.buf.len()
+    }
+
+    /// Decodes the complete frames of `input`, calling `on_frame` with each
+    /// payload (borrowed from `input`), or with `Err(FrameTooLarge)` once per
+    /// over-large frame; for a handler's [`on_data`](crate::Handler::on_data),
+    /// on the input the loop keeps (see the [module docs](self#decode-or-feed)).
+    ///
+    /// Returns how many bytes of `input` were consumed: up to the end of the
+    /// last complete frame. An incomplete frame after it (its length prefix and
+    /// the payload so far, at most `max_frame + 3` bytes) is left unconsumed,
+    /// never copied: the caller presents it again joined with the next bytes
+    /// (the loop does, when `on_data` returns this count), and then the frames
+    /// and errors are the same as if all the bytes had come at once. An
+    /// over-large frame is reported as soon as its prefix is in `input`; its
+    /// payload is consumed and dropped as it comes (the decoder's only state:
+    /// how much of it is left).
+    ///
+    /// If `on_frame` returns `ControlFlow::Break(())`, decoding stops right
+    /// after that frame or error, and the count returned ends there.
+    ///
+    /// Don't mix it with [`feed`](Self::feed) on one decoder: `decode` expects
+    /// nothing buffered.
+    pub fn decode<F, R>(&mut self, input: &[u8], mut on_frame: F) -> usize
+    where
+        F: FnMut(Result<&[u8], FrameError>) -> R,
+        R: FrameFlow,
+    {
+        debug_assert!(
+            self.buffered() == 0 && !matches!(self.state, LengthState::Payload { .. }),
+            "LengthDecoder::decode after feed"
+        );
+        let max = self.max_frame;
+        let mut pos = 0;
+        loop {
+            if let LengthState::Skip { remaining } = self.state {
+                let skip = u32::try_from(input.len() - pos).map_or(remaining, |n| n.min(remaining));
+                pos += skip as usize;
+                if skip < remaining {
+                    self.state = LengthState::Skip {
+                        remaining: remaining - skip,
+                    };
+                    return input.len();
+                }
+                self.state = LengthState::Header;
+            }
+            let rest = &input[pos..];
+            let Some(&prefix) = rest.first_chunk::<4>() else {
+                return pos; // part of a length prefix: the caller keeps it
+            };
+            let len = u32::from_be_bytes(prefix);
+            let flow = match usize::try_from(len) {
+                Ok(len) if len <= max => {
+                    let Some(payload) = rest[4..].get(..len) else {
+                        return pos; // an incomplete payload: the caller keeps it
+                    };
+                    pos += 4 + len;
+                    on_frame(Ok(payload))
+                }
+                _ => {
+                    pos += 4;
+                    self.state = LengthState::Skip { remaining: len };
+                    let len = usize::try_from(len).unwrap_or(usize::MAX);
+                    on_frame(Err(FrameError::FrameTooLarge { len, max }))
+                }
+            };
+            if flow.into_flow().is_break() {
+                return pos;
+            }
+        }
     }
 
     /// Feeds bytes, calling `on_frame` with each complete payload, or with
@@ -620,6 +691,135 @@ impl LengthDecoder {
     }
 }
 
+/// Decodes frames of any format that can tell where a frame ends by looking at
+/// its bytes: the [`decode`](LineDecoder::decode) of a handler's own protocol,
+/// with the same guarantees (split-independent, bounded, zero-copy).
+///
+/// `frame_len(prefix)` is asked about the start of what is left of `input`
+/// (at most its first `max_frame` bytes): `Some(n)` when the first `n` bytes
+/// are a whole frame (`1 <= n <= prefix.len()`, else this panics), `None` when
+/// more bytes are needed. Each frame, borrowed from `input`, goes to
+/// `on_frame`, which returns `()` to go on or a [`ControlFlow`] (see
+/// [`FrameFlow`]) whose `Break(())` stops right after that frame.
+///
+/// Returns how many bytes were consumed: up to the end of the last whole frame
+/// (or of the frame that broke). The rest is an incomplete frame, at most
+/// `max_frame` bytes: inside [`on_data`](crate::Handler::on_data), return the
+/// count and the loop keeps the rest and presents it again joined with the
+/// next bytes. If there is no whole frame within the first `max_frame` bytes
+/// and more than that are there, it is an error,
+/// [`FrameError::FrameTooLarge`] (with `len: max_frame + 1`), after the frames
+/// before it were delivered; since a frame's end cannot be found, the stream
+/// cannot be resynchronised: reply if the protocol can, then close the
+/// connection.
+///
+/// **The contract for split-independence**: `frame_len` must answer from the
+/// bytes it is given alone, and a whole frame must be recognised whatever
+/// follows it. That is, if the first `n` bytes are a whole frame, `frame_len`
+/// returns `Some(n)` for every prefix of at least `n` bytes, and `None` for
+/// every shorter prefix. Then the frames and errors depend only on the bytes,
+/// however the reads cut them. ("Up to the last `\n` in the buffer", which
+/// looks past the frame, breaks it; "up to the first `\n`" keeps it.)
+///
+/// An HTTP-like request head, ending in an empty line, at most 8 KiB:
+///
+/// ```
+/// use evloop::framing::{decode_with, FrameError};
+///
+/// fn head_len(bytes: &[u8]) -> Option<usize> {
+///     bytes.windows(4).position(|w| w == b"\r\n\r\n").map(|end| end + 4)
+/// }
+///
+/// let mut heads = Vec::new();
+/// // As the loop presents input: a read cut inside the second head ...
+/// let input = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\n";
+/// let used = decode_with(input, 8192, head_len, |head| heads.push(head.len())).unwrap();
+/// assert_eq!((used, heads.len()), (27, 1));
+/// // ... is presented again, joined with the next read.
+/// let input = b"GET /b HTTP/1.1\r\nHost: a\r\n\r\n";
+/// let used = decode_with(input, 8192, head_len, |head| heads.push(head.len())).unwrap();
+/// assert_eq!((used, heads), (input.len(), vec![27, 28]));
+///
+/// // A peer that never ends its head is refused once it sends more than the maximum.
+/// let endless = vec![b'x'; 8193];
+/// assert_eq!(
+///     decode_with(&endless[..8192], 8192, head_len, |_| ()),
+///     Ok(0),
+/// );
+/// assert_eq!(
+///     decode_with(&endless, 8192, head_len, |_| ()),
+///     Err(FrameError::FrameTooLarge { len: 8193, max: 8192 }),
+/// );
+/// ```
+///
+/// Inside a handler, with its state kept by the loop:
+///
+/// ```
+/// use evloop::framing::decode_with;
+/// use evloop::{ConnId, Context, Handler};
+///
+/// /// A frame is one byte of length `n`, then `n` bytes.
+/// fn tiny_frame(bytes: &[u8]) -> Option<usize> {
+///     let n = 1 + usize::from(*bytes.first()?);
+///     (bytes.len() >= n).then_some(n)
+/// }
+///
+/// struct Tiny;
+///
+/// impl Handler for Tiny {
+///     type Conn = ();
+///
+///     fn on_data(&mut self, cx: &mut Context<'_, Self>, conn: ConnId, _: &mut (), input: &[u8]) -> usize {
+///         let echo = |frame: &[u8]| {
+///             let _ = cx.send(conn, frame); // refused: the connection is closing anyway
+///         };
+///         match decode_with(input, 256, tiny_frame, echo) {
+///             Ok(used) => used,
+///             Err(_) => {
+///                 cx.close(conn);
+///                 input.len()
+///             }
+///         }
+///     }
+/// }
+/// ```
+pub fn decode_with<L, F, R>(
+    input: &[u8],
+    max_frame: usize,
+    mut frame_len: L,
+    mut on_frame: F,
+) -> Result<usize, FrameError>
+where
+    L: FnMut(&[u8]) -> Option<usize>,
+    F: FnMut(&[u8]) -> R,
+    R: FrameFlow,
+{
+    let mut pos = 0;
+    while pos < input.len() {
+        let rest = &input[pos..];
+        let prefix = &rest[..rest.len().min(max_frame)];
+        match frame_len(prefix) {
+            Some(n) => {
+                assert!(
+                    (1..=prefix.len()).contains(&n),
+                    "decode_with: frame_len said {n} of {} bytes",
+                    prefix.len()
+                );
+                pos += n;
+                if on_frame(&rest[..n]).into_flow().is_break() {
+                    break;
+                }
+            }
+            None if rest.len() > max_frame => {
+                let len = max_frame.saturating_add(1);
+                return Err(FrameError::FrameTooLarge { len, max: max_frame });
+            }
+            None => break,
+        }
+    }
+    Ok(pos)
+}
+
 /// Appends `payload` to `out` as one length-prefixed frame: its length as
 /// 4 bytes big-endian, then the payload itself.
 ///
@@ -656,6 +856,18 @@ mod tests {
         fn capacity(&self) -> usize;
         /// The most `held()` may ever be.
         fn bound(max: usize) -> usize;
+        /// `decode` on `input`; pushes events; breaks after `stop_after` more events.
+        fn decode_events(
+            &mut self,
+            input: &[u8],
+            events: &mut Vec<Event>,
+            stop_after: Option<usize>,
+        ) -> usize;
+        /// The most `decode` may leave unconsumed (without breaks).
+        fn kept_bound(max: usize) -> usize;
+        /// What `decode` leaves unconsumed after the same bytes this decoder was fed:
+        /// the bytes `feed` holds, plus a length prefix it has already taken apart.
+        fn kept_of_fed(&self) -> usize;
         /// The events the bytes `data` decide, computed naively.
         fn model(max: usize, data: &[u8]) -> Vec<Event>;
     }
@@ -695,6 +907,15 @@ mod tests {
         fn bound(max: usize) -> usize {
             max + 1
         }
+        fn decode_events(&mut self, d: &[u8], ev: &mut Vec<Event>, stop: Option<usize>) -> usize {
+            self.decode(d, collect(ev, stop))
+        }
+        fn kept_bound(max: usize) -> usize {
+            max + 1
+        }
+        fn kept_of_fed(&self) -> usize {
+            self.buffered()
+        }
         fn model(max: usize, data: &[u8]) -> Vec<Event> {
             let mut events = Vec::new();
             let mut segments: Vec<&[u8]> = data.split(|&b| b == b'\n').collect();
@@ -729,6 +950,19 @@ mod tests {
         }
         fn bound(max: usize) -> usize {
             max.max(3)
+        }
+        fn decode_events(&mut self, d: &[u8], ev: &mut Vec<Event>, stop: Option<usize>) -> usize {
+            self.decode(d, collect(ev, stop))
+        }
+        fn kept_bound(max: usize) -> usize {
+            max + 3
+        }
+        fn kept_of_fed(&self) -> usize {
+            let prefix = match self.state {
+                LengthState::Payload { .. } => 4,
+                _ => 0,
+            };
+            self.buffered() + prefix
         }
         fn model(max: usize, mut data: &[u8]) -> Vec<Event> {
             let mut events = Vec::new();
@@ -806,7 +1040,48 @@ mod tests {
         (events, d.held())
     }
 
-    /// The split-everywhere property for one input.
+    /// The loop's side of `decode`: each chunk is joined to the tail left unconsumed, and
+    /// presented; after a break (every `stop_every` events) the rest is presented again at
+    /// once, as after `resume_read`. Checks after each chunk that the tail is within its
+    /// bound and is exactly what `feed` would hold (plus a taken-apart length prefix), and
+    /// that the events so far are those of `feed` given the same chunks, and of the model.
+    /// Returns the events and the final tail.
+    fn looped<D: Decoder>(
+        max: usize,
+        data: &[u8],
+        cuts: &[usize],
+        stop_every: Option<usize>,
+    ) -> (Vec<Event>, Vec<u8>) {
+        let (mut d, mut fed) = (D::with_max(max), D::with_max(max));
+        let (mut kept, mut events, mut fed_events) = (Vec::new(), Vec::new(), Vec::new());
+        let mut start = 0;
+        for &end in cuts.iter().chain([data.len()].iter()) {
+            let chunk = &data[start..end];
+            start = end;
+            kept.extend_from_slice(chunk);
+            loop {
+                let before = events.len();
+                let used = d.decode_events(&kept, &mut events, stop_every);
+                assert!(used <= kept.len());
+                kept.drain(..used);
+                if stop_every.is_none_or(|n| events.len() < before + n) {
+                    break; // it did not break: what is left waits for more bytes
+                }
+            }
+            assert_eq!(fed.feed_events(chunk, &mut fed_events, None), chunk.len());
+            assert!(
+                kept.len() <= D::kept_bound(max),
+                "kept {} > bound",
+                kept.len()
+            );
+            assert_eq!(kept.len(), fed.kept_of_fed(), "kept vs fed, at {end}");
+            assert_eq!(events, fed_events, "decode vs feed, prefix of {end} bytes");
+            assert_eq!(events, D::model(max, &data[..end]), "prefix of {end} bytes");
+        }
+        (events, kept)
+    }
+
+    /// The split-everywhere property for one input, for `feed` and `decode`.
     fn check_splits<D: Decoder>(max: usize, data: &[u8]) {
         let expected = one_shot::<D>(max, data);
         assert_eq!(
@@ -829,6 +1104,18 @@ mod tests {
                 expected,
                 "stop every {every}"
             );
+        }
+        let (events, _) = looped::<D>(max, data, &[], None);
+        assert_eq!(events, expected.0, "decode at once");
+        for cut in 0..=data.len() {
+            let (events, _) = looped::<D>(max, data, &[cut], None);
+            assert_eq!(events, expected.0, "decode, cut at {cut}");
+        }
+        for every in [None, Some(1), Some(2), Some(3)] {
+            let (events, _) = looped::<D>(max, data, &every_byte, every);
+            assert_eq!(events, expected.0, "decode byte at a time, stop every {every:?}");
+            let (events, _) = looped::<D>(max, data, &[], every);
+            assert_eq!(events, expected.0, "decode at once, stop every {every:?}");
         }
     }
 
@@ -1209,6 +1496,317 @@ mod tests {
         assert_eq!(LengthDecoder::new(9).max_frame(), 9);
     }
 
+    /// `decode` through a simulated loop (no breaks), with fixed-size chunks; checks the
+    /// tail after every chunk against `bound` and returns the events.
+    fn decode_chunked<D: Decoder>(max: usize, data: &[u8], chunk: usize, bound: usize) -> Vec<Event> {
+        let mut d = D::with_max(max);
+        let (mut kept, mut events) = (Vec::new(), Vec::new());
+        for piece in data.chunks(chunk) {
+            kept.extend_from_slice(piece);
+            let used = d.decode_events(&kept, &mut events, None);
+            kept.drain(..used);
+            assert!(kept.len() <= bound, "kept {} > {bound}", kept.len());
+            assert_eq!(d.held(), 0, "decode buffers nothing");
+            assert_eq!(d.capacity(), 0, "decode allocates nothing");
+        }
+        events
+    }
+
+    #[test]
+    fn decode_leaves_only_the_incomplete_line() {
+        let mut d = LineDecoder::new(4);
+        let mut got = Vec::new();
+        let mut push = |f: Result<&[u8], FrameError>| got.push(f.map(<[u8]>::to_vec));
+        assert_eq!(d.decode(b"", &mut push), 0);
+        assert_eq!(d.decode(b"ab", &mut push), 0);
+        assert_eq!(d.decode(b"ab\r\ncd", &mut push), 4);
+        assert_eq!(d.decode(b"cd\n\n", &mut push), 4);
+        // At the limit with a "\r" that may go with the line end: still kept ...
+        assert_eq!(d.decode(b"abcd\r", &mut push), 0);
+        // ... one byte more and the line is refused at once, everything consumed ...
+        assert_eq!(d.decode(b"abcd\rx", &mut push), 6);
+        // ... and dropped through its "\n" as it comes.
+        assert_eq!(d.decode(b"yyyyyyyyyyyy", &mut push), 12);
+        assert_eq!(d.decode(b"yy\nok\nn", &mut push), 6);
+        assert_eq!(d.decode(b"no\n", &mut push), 3);
+        assert_eq!(
+            got,
+            [ok(b"ab"), ok(b"cd"), ok(b""), TOO_LONG_4, ok(b"ok"), ok(b"no")]
+        );
+        assert_eq!(d.buffered(), 0);
+        assert_eq!(d.buf.capacity(), 0);
+
+        let mut d = LineDecoder::new(usize::MAX);
+        let mut got = Vec::new();
+        assert_eq!(d.decode(b"abc", |f| got.push(f.map(<[u8]>::to_vec))), 0);
+        assert_eq!(d.decode(b"abcd\r\n", |f| got.push(f.map(<[u8]>::to_vec))), 6);
+        assert_eq!(got, [ok(b"abcd")]);
+    }
+
+    #[test]
+    fn decode_leaves_only_the_incomplete_frame() {
+        let data = wire(&[b"abc", b"", b"toolong", b"xy"]);
+        let mut d = LengthDecoder::new(4);
+        let mut got = Vec::new();
+        let mut push = |f: Result<&[u8], FrameError>| got.push(f.map(<[u8]>::to_vec));
+        assert_eq!(d.decode(&data[..3], &mut push), 0); // part of a prefix
+        assert_eq!(d.decode(&data[..6], &mut push), 0); // a prefix and part of its payload
+        assert_eq!(d.decode(&data[..7], &mut push), 7);
+        // The next prefix and the over-large one's: reported, and its payload skipped.
+        assert_eq!(d.decode(&data[7..17], &mut push), 10);
+        assert_eq!(d.decode(&data[17..22], &mut push), 5);
+        assert_eq!(d.decode(&data[22..], &mut push), 6);
+        let too_large = Err(FrameError::FrameTooLarge { len: 7, max: 4 });
+        assert_eq!(got, [ok(b"abc"), ok(b""), too_large, ok(b"xy")]);
+        assert_eq!(d.buffered(), 0);
+        assert_eq!(d.buf.capacity(), 0);
+    }
+
+    #[test]
+    fn decode_keeps_little_for_10mb_lines_and_frames() {
+        let max = 1024;
+        let mut data = vec![b'x'; 10 * 1024 * 1024];
+        data.extend_from_slice(b"\nok\n");
+        for chunk in [65536, 100, 1] {
+            if chunk == 1 {
+                data.drain(..9 * 1024 * 1024); // a byte at a time: 1 MiB is enough
+            }
+            let got = decode_chunked::<LineDecoder>(max, &data, chunk, max + 1);
+            assert_eq!(got, [Err(FrameError::LineTooLong { max }), ok(b"ok")]);
+        }
+
+        let len = 10 * 1024 * 1024;
+        let mut w = wire(&[&vec![7; len]]);
+        encode_length_prefixed(b"ok", &mut w);
+        for chunk in [65536, 100] {
+            let got = decode_chunked::<LengthDecoder>(max, &w, chunk, 3);
+            assert_eq!(got, [Err(FrameError::FrameTooLarge { len, max }), ok(b"ok")]);
+        }
+        // A frame of exactly max bytes trickled in: its prefix and all but a byte are kept.
+        let payload: Vec<u8> = (0..max).map(|i| i as u8).collect();
+        let w = wire(&[&payload, b"z"]);
+        let got = decode_chunked::<LengthDecoder>(max, &w, 7, max + 3);
+        assert_eq!(got, [Ok(payload), ok(b"z")]);
+    }
+
+    #[test]
+    fn decode_lends_frames_from_the_input() {
+        let data = b"one\ntwo\r\nthree\npart";
+        let range = data.as_ptr_range();
+        let mut d = LineDecoder::new(16);
+        let mut n = 0;
+        let used = d.decode(data, |f| {
+            assert!(range.contains(&f.unwrap().as_ptr()));
+            n += 1;
+        });
+        assert_eq!((n, used), (3, data.len() - 4));
+
+        let data = wire(&[b"one", b"", b"three"]);
+        let range = data.as_ptr_range();
+        let mut d = LengthDecoder::new(16);
+        let mut n = 0;
+        d.decode(&data, |f| {
+            let frame = f.unwrap();
+            assert!(frame.is_empty() || range.contains(&frame.as_ptr()));
+            n += 1;
+        });
+        assert_eq!(n, 3);
+        // Presented again after a cut, the frame is lent from the new input.
+        let kept = data[..9].to_vec();
+        assert_eq!(d.decode(&kept[..5], |_| -> () { unreachable!() }), 0);
+        let range = kept.as_ptr_range();
+        assert_eq!(d.decode(&kept, |f| assert!(range.contains(&f.unwrap().as_ptr()))), 7);
+
+        let data = b"\x02ab\x00\x01c";
+        let range = data.as_ptr_range();
+        let mut n = 0;
+        let used = decode_with(data, 8, tiny_frame, |frame| {
+            assert!(range.contains(&frame.as_ptr()));
+            n += 1;
+        });
+        assert_eq!((n, used), (3, Ok(data.len())));
+    }
+
+    #[test]
+    fn decode_break_stops_and_the_rest_is_presented_again() {
+        let data = b"a\nQUIT\nb\nc";
+        let mut d = LineDecoder::new(8);
+        let mut got = Vec::new();
+        let used = d.decode(data, |f| {
+            let line = f.unwrap().to_vec();
+            let quit = line == b"QUIT";
+            got.push(line);
+            if quit {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        assert_eq!(used, 7);
+        assert_eq!(got, [b"a".to_vec(), b"QUIT".to_vec()]);
+        // Presented again, the rest goes on as if nothing happened; "c" stays unconsumed.
+        let used = d.decode(&data[used..], |f| got.push(f.unwrap().to_vec()));
+        assert_eq!(used, 2);
+        assert_eq!(got.last().unwrap(), b"b");
+
+        // Break on an error, and on an unterminated over-long line (consumes all).
+        let mut d = LineDecoder::new(2);
+        assert_eq!(d.decode(b"xy\nabc\nz\n", |_| ControlFlow::Break(())), 3);
+        let flow = |f: Result<&[u8], FrameError>| {
+            assert!(f.is_err());
+            ControlFlow::Break(())
+        };
+        assert_eq!(d.decode(b"abc\nz\n", flow), 4);
+        assert_eq!(d.decode(b"abcdef", |_| ControlFlow::Break(())), 6);
+        assert_eq!(d.decode(b"g\nh\n", |f| assert_eq!(f.unwrap(), b"h")), 4);
+
+        let data = wire(&[b"abcdef", b"x", b"y"]);
+        let mut d = LengthDecoder::new(4);
+        let flow = |f: Result<&[u8], FrameError>| {
+            assert!(f.is_err());
+            ControlFlow::Break(())
+        };
+        assert_eq!(d.decode(&data, flow), 4);
+        let flow = |f: Result<&[u8], FrameError>| {
+            assert_eq!(f.unwrap(), b"x");
+            ControlFlow::Break(())
+        };
+        assert_eq!(d.decode(&data[4..], flow), 6 + 5);
+        let flow = |f: Result<&[u8], FrameError>| {
+            assert_eq!(f.unwrap(), b"y");
+            ControlFlow::Break(())
+        };
+        assert_eq!(d.decode(&data[15..], flow), 5);
+
+        let data = b"\x01a\x01b\x01c";
+        let mut got = Vec::new();
+        let used = decode_with(data, 8, tiny_frame, |f| {
+            got.push(f.to_vec());
+            ControlFlow::Break(())
+        });
+        assert_eq!((used, got), (Ok(2), vec![b"\x01a".to_vec()]));
+    }
+
+    /// `decode_with`'s test format: one byte of length `n`, then `n` bytes.
+    fn tiny_frame(bytes: &[u8]) -> Option<usize> {
+        let n = 1 + usize::from(*bytes.first()?);
+        (bytes.len() >= n).then_some(n)
+    }
+
+    /// `decode_with` through a simulated loop: the events (frames, then at most one error,
+    /// which ends the stream) and the tail; checks the tail's bound after every chunk.
+    fn looped_with(max: usize, data: &[u8], cuts: &[usize], stop: bool) -> (Vec<Event>, usize) {
+        let (mut kept, mut events) = (Vec::new(), Vec::new());
+        let mut start = 0;
+        for &end in cuts.iter().chain([data.len()].iter()) {
+            kept.extend_from_slice(&data[start..end]);
+            start = end;
+            loop {
+                let before = events.len();
+                let on_frame = |f: &[u8]| {
+                    events.push(Ok(f.to_vec()));
+                    if stop {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                };
+                match decode_with(&kept, max, tiny_frame, on_frame) {
+                    Ok(used) => drop(kept.drain(..used)),
+                    Err(e) => {
+                        events.push(Err(e));
+                        return (events, 0);
+                    }
+                }
+                if !stop || events.len() == before {
+                    break;
+                }
+            }
+            assert!(kept.len() <= max, "kept {} > {max}", kept.len());
+        }
+        (events, kept.len())
+    }
+
+    /// What the bytes decide for `tiny_frame` under `decode_with`, the obvious way.
+    fn tiny_model(max: usize, mut data: &[u8]) -> (Vec<Event>, usize) {
+        let mut events = Vec::new();
+        while let Some(&n) = data.first() {
+            let n = 1 + usize::from(n);
+            if n > max {
+                if data.len() > max {
+                    events.push(Err(FrameError::FrameTooLarge { len: max + 1, max }));
+                    return (events, 0);
+                }
+                break;
+            }
+            if data.len() < n {
+                break;
+            }
+            events.push(Ok(data[..n].to_vec()));
+            data = &data[n..];
+        }
+        (events, data.len())
+    }
+
+    #[test]
+    fn decode_with_is_split_independent_and_bounded() {
+        let mut data = Vec::new();
+        for n in [0u8, 3, 1, 6, 0, 2] {
+            data.push(n);
+            data.extend((0..n).map(|i| b'a' + i));
+        }
+        for max in [0, 1, 3, 4, 6, 7, 8, 100] {
+            let expected = tiny_model(max, &data);
+            for stop in [false, true] {
+                assert_eq!(looped_with(max, &data, &[], stop), expected, "max {max}");
+                for cut in 0..=data.len() {
+                    let got = looped_with(max, &data, &[cut], stop);
+                    assert_eq!(got, expected, "max {max} cut {cut}");
+                }
+                let every_byte: Vec<usize> = (1..data.len()).collect();
+                let got = looped_with(max, &data, &every_byte, stop);
+                assert_eq!(got, expected, "max {max} byte at a time");
+            }
+        }
+        // A whole frame over the maximum is refused even when it came in one read: the
+        // same answer as when it trickles in.
+        assert_eq!(
+            decode_with(b"\x05abcde", 4, tiny_frame, |_| -> () { unreachable!() }),
+            Err(FrameError::FrameTooLarge { len: 5, max: 4 })
+        );
+        assert_eq!(decode_with(b"\x05abc", 4, tiny_frame, |_| ()), Ok(0));
+        // frame_len sees at most max_frame bytes.
+        let mut longest = 0;
+        let seen = |b: &[u8]| {
+            longest = longest.max(b.len());
+            None
+        };
+        assert!(decode_with(&[0; 1000], 10, seen, |_| ()).is_err());
+        assert_eq!(longest, 10);
+
+        let mut rng = Rng(0x853c_49e6_748f_ea9b);
+        for _ in 0..3000 {
+            let max = rng.below(12);
+            let data: Vec<u8> = (0..rng.below(40)).map(|_| rng.below(8) as u8).collect();
+            let cuts = random_cuts(&mut rng, data.len());
+            let stop = rng.below(2) == 0;
+            let got = looped_with(max, &data, &cuts, stop);
+            assert_eq!(got, tiny_model(max, &data), "max {max} cuts {cuts:?} data {data:?}");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "frame_len said 0")]
+    fn decode_with_refuses_an_empty_frame() {
+        let _ = decode_with(b"x", 8, |_| Some(0), |_| ());
+    }
+
+    #[test]
+    #[should_panic(expected = "frame_len said 3 of 2 bytes")]
+    fn decode_with_refuses_a_frame_longer_than_its_input() {
+        let _ = decode_with(b"xy", 8, |_| Some(3), |_| ());
+    }
+
     /// xorshift64: enough randomness for tests, no dependency.
     struct Rng(u64);
 
@@ -1252,6 +1850,12 @@ mod tests {
             expected,
             "stop every {every}"
         );
+        // `decode` on the loop's kept input, cut elsewhere, sometimes stopping: the same
+        // events as `feed` (`looped` compares them after every chunk).
+        let cuts = random_cuts(rng, data.len());
+        let stop = [None, Some(1), Some(2), Some(3)][rng.below(4)];
+        let (events, _) = looped::<D>(max, data, &cuts, stop);
+        assert_eq!(events, expected.0, "decode, cuts {cuts:?} stop {stop:?}");
     }
 
     #[test]

@@ -53,6 +53,7 @@ mod timers;
 mod token;
 mod udp;
 mod unix;
+mod workers;
 
 pub use addr::Addr;
 pub use config::Config;
@@ -68,6 +69,7 @@ pub use sockopt::{ListenOptions, UdpOptions};
 pub use stats::{ClosedCounts, Stats};
 pub use timers::TimerId;
 pub use token::{ConnId, ListenerId, UdpId};
+pub use workers::{Peers, Workers};
 
 /// Not part of the API: the pure output queue and timer store, exposed for the crate's
 /// own benchmarks and property tests. May change in any release.

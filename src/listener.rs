@@ -20,8 +20,14 @@ pub(crate) enum Listener {
     Unix(UnixListener, PathBuf),
 }
 
+/// Where a listener's accepted TCP connections go: `Some(stream)` back to serve it on this
+/// loop, `None` if it was handed to another loop (`Workers::listen_round_robin`).
+pub(crate) type HandOff = Box<dyn FnMut(std::net::TcpStream) -> Option<std::net::TcpStream> + Send>;
+
 pub(crate) struct ListenerEntry {
     pub(crate) socket: Listener,
+    /// Set for a listener whose connections are spread over several loops.
+    pub(crate) hand_off: Option<HandOff>,
     /// Waiting for the retry timer after EMFILE/ENFILE/ENOBUFS/ENOMEM.
     pub(crate) backing_off: bool,
     /// Back-offs in a row without a connection accepted in between.
@@ -67,6 +73,17 @@ pub(crate) enum Accepted {
 }
 
 impl ListenerEntry {
+    /// Passes an accepted connection through the hand-off, if any: `None` if another loop
+    /// took it.
+    pub(crate) fn route(&mut self, stream: Stream) -> Option<Stream> {
+        match (&mut self.hand_off, stream) {
+            (Some(hand_off), Stream::Tcp(s)) => {
+                hand_off(std::net::TcpStream::from(s)).map(|s| Stream::Tcp(mio::net::TcpStream::from_std(s)))
+            }
+            (_, stream) => Some(stream),
+        }
+    }
+
     /// One accept, classified.
     pub(crate) fn accept(&self) -> Accepted {
         loop {

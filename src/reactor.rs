@@ -91,7 +91,7 @@ impl<H: Handler> EventLoop<H> {
     /// A context to act on the loop from outside a callback: listen, bind, connect, send.
     pub fn context(&mut self) -> Context<'_, H> {
         self.core.new_tick();
-        self.user.adopt();
+        dispatch::settle(&mut self.core, &mut self.user);
         Context {
             core: &mut self.core,
             pending: &mut self.user.pending,
@@ -196,7 +196,7 @@ impl<H: Handler> EventLoop<H> {
         let (core, user) = (&mut self.core, &mut self.user);
         core.new_tick();
         core.stats.ticks += 1;
-        user.adopt();
+        dispatch::settle(core, user);
         // 2. Serve what budgets left over last tick (edges won't repeat for them), and
         // work deferred to this tick.
         if !core.ready.is_empty() {

@@ -99,3 +99,43 @@ impl ClosedCounts {
             + self.panicked
     }
 }
+
+impl Stats {
+    /// Adds another loop's counters to these (`max_events_per_tick`: the larger).
+    pub(crate) fn add(&mut self, other: &Stats) {
+        self.connections_open += other.connections_open;
+        self.accepted += other.accepted;
+        self.connects_started += other.connects_started;
+        self.refused += other.refused;
+        self.accept_descriptor_errors += other.accept_descriptor_errors;
+        self.bytes_in += other.bytes_in;
+        self.bytes_out += other.bytes_out;
+        self.datagrams_in += other.datagrams_in;
+        self.datagrams_out += other.datagrams_out;
+        self.datagrams_dropped += other.datagrams_dropped;
+        self.lingering += other.lingering;
+        self.lingering_dropped += other.lingering_dropped;
+        self.panics += other.panics;
+        self.ticks += other.ticks;
+        self.events += other.events;
+        self.max_events_per_tick = self.max_events_per_tick.max(other.max_events_per_tick);
+        self.closed.add(&other.closed);
+    }
+}
+
+impl ClosedCounts {
+    fn add(&mut self, other: &ClosedCounts) {
+        self.peer_closed += other.peer_closed;
+        self.local += other.local;
+        self.aborted += other.aborted;
+        self.error += other.error;
+        self.idle_timeout += other.idle_timeout;
+        self.output_limit += other.output_limit;
+        self.input_limit += other.input_limit;
+        self.send_timeout += other.send_timeout;
+        self.connect_failed += other.connect_failed;
+        self.connect_timeout += other.connect_timeout;
+        self.shutdown += other.shutdown;
+        self.panicked += other.panicked;
+    }
+}

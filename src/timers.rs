@@ -129,6 +129,11 @@ impl<T: Copy> Timers<T> {
         payload
     }
 
+    /// When pending timer `id` is next due.
+    pub fn deadline(&self, id: TimerId) -> Option<Instant> {
+        self.by_id.get(&id.0).map(|(deadline, _)| *deadline)
+    }
+
     /// The payload of pending timer `id`.
     pub fn get(&self, id: TimerId) -> Option<&T> {
         let (deadline, _) = self.by_id.get(&id.0)?;

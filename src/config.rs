@@ -42,6 +42,10 @@ pub struct Config {
     pub low_watermark: usize,
     /// Stop reading from a congested connection (backpressure). Default on.
     pub pause_read_when_congested: bool,
+    /// Bytes of files (`Context::send_file`) sent to one connection per turn before the
+    /// others get theirs, like nginx's `sendfile_max_chunk`: one fast download cannot hold
+    /// the loop. Default 256 KiB.
+    pub send_file_chunk: usize,
     /// Input a connection's handler may leave unconsumed (a partial frame the loop keeps for
     /// it): past it the connection closes with
     /// [`CloseReason::InputLimit`](crate::CloseReason::InputLimit), so a peer that never
@@ -94,6 +98,7 @@ impl Default for Config {
             pause_read_when_congested: true,
             max_output: 64 * 1024 * 1024,
             max_input: 1024 * 1024,
+            send_file_chunk: 256 * 1024,
             max_connections: 100_000,
             refusal_reply: None,
             idle_timeout: None,
@@ -118,6 +123,7 @@ impl Config {
             ("read_budget", self.read_budget),
             ("accept_budget", self.accept_budget),
             ("datagram_budget", self.datagram_budget),
+            ("send_file_chunk", self.send_file_chunk),
         ];
         let fail = |why: String| Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, why));
         for (name, value) in positive {

@@ -58,6 +58,9 @@ pub(crate) struct Effects {
     pub(crate) ready: bool,
     /// The queue fell from congested to the low watermark: `on_drain` is due.
     pub(crate) drained: bool,
+    /// The per-turn file budget ran out with the socket still writable: flush again next
+    /// tick (no WRITABLE edge will come for it).
+    pub(crate) flush_again: bool,
     /// Close the connection for this reason.
     pub(crate) close: Option<CloseReason>,
 }
@@ -264,14 +267,39 @@ impl Conn {
         }
     }
 
-    /// Writes the queue; finishes a pending close or write shutdown once it is empty, and
-    /// says when congestion cleared (`drained`, `ready`).
-    pub(crate) fn flush(&mut self, low: usize) -> Effects {
+    /// Queues `len` bytes of `file` from `offset`, after everything queued, and writes what
+    /// the socket takes now (within `file_budget`). Check `accepts_output` first. The file
+    /// bytes do not count toward `max_output` (they are not in memory) but do toward the
+    /// watermarks.
+    pub(crate) fn send_file(
+        &mut self,
+        file: std::sync::Arc<std::fs::File>,
+        offset: u64,
+        len: usize,
+        high: usize,
+        low: usize,
+        file_budget: usize,
+    ) -> Effects {
+        self.out.push_file(file, offset, len);
+        if self.out.len() > high {
+            self.congested = true;
+        }
+        let mut effects = self.flush(low, file_budget);
+        if !self.out.is_empty() && !self.writable_armed && effects.close.is_none() {
+            self.writable_armed = true;
+            effects.reregister = true;
+        }
+        effects
+    }
+
+    /// Writes the queue (at most `file_budget` bytes of file regions); finishes a pending
+    /// close or write shutdown once it is empty, and says when congestion cleared
+    /// (`drained`, `ready`).
+    pub(crate) fn flush(&mut self, low: usize, file_budget: usize) -> Effects {
         if self.state == State::Connecting {
             return Effects::default();
         }
-        let stream = &self.stream;
-        let (written, result) = self.out.flush_with(|bufs| stream.send_vectored(bufs));
+        let (written, result) = self.out.flush_to(&mut &self.stream, file_budget);
         let mut effects = Effects {
             written,
             ..Effects::default()
@@ -282,6 +310,7 @@ impl Conn {
                 return effects;
             }
             Ok(Flush::Blocked) => {}
+            Ok(Flush::Yielded) => effects.flush_again = true,
             Ok(Flush::Done) => {
                 if self.shutdown_write {
                     let _ = self.stream.shutdown(std::net::Shutdown::Write);

@@ -48,14 +48,19 @@ fn pattern(len: usize) -> Vec<u8> {
 /// Flushes `c` while the peer reads, until the queue is empty; then reads the rest the
 /// kernel holds, up to `total` bytes received (counting `already`). Returns what the peer
 /// got and every flush's effects. Each peer read is bounded by its deadline.
-fn deliver_all(c: &mut Conn, peer: &mut impl Read, total: usize, already: usize) -> (Vec<u8>, Vec<Effects>) {
+fn deliver_all(
+    c: &mut Conn,
+    peer: &mut impl Read,
+    total: usize,
+    already: usize,
+) -> (Vec<u8>, Vec<Effects>) {
     let end = Instant::now() + DEADLINE;
     let mut got = Vec::with_capacity(total);
     let mut effects = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         assert!(Instant::now() < end, "not delivered within {DEADLINE:?}");
-        let e = c.flush(LOW);
+        let e = c.flush(LOW, usize::MAX);
         assert!(
             !matches!(e.close, Some(CloseReason::Error(_))),
             "flush failed: {:?}",
@@ -85,7 +90,10 @@ fn send_writes_directly_when_nothing_is_queued() {
     let (mut c, mut peer) = unix_pair();
     let e = c.send(b"hello", None, HIGH, MAX);
     assert_eq!(e.written, 5);
-    assert!(!e.reregister && !e.ready && !e.drained && e.close.is_none(), "{e:?}");
+    assert!(
+        !e.reregister && !e.ready && !e.drained && e.close.is_none(),
+        "{e:?}"
+    );
     assert!(c.out.is_empty());
     assert!(!c.writable_armed);
     assert_eq!(c.interest(), Interest::READABLE);
@@ -107,7 +115,11 @@ fn send_queues_the_rest_arms_writable_once_and_congests_above_high() {
     let (mut c, _peer) = small_sndbuf_pair();
     let data = pattern(1 << 20);
     let e = c.send(&data, None, HIGH, MAX);
-    assert!(e.written < data.len(), "a 4 KiB send buffer took {} bytes", e.written);
+    assert!(
+        e.written < data.len(),
+        "a 4 KiB send buffer took {} bytes",
+        e.written
+    );
     assert!(e.close.is_none());
     assert!(e.reregister, "WRITABLE is armed on the way up");
     assert_eq!(c.out.len(), data.len() - e.written);
@@ -168,7 +180,10 @@ fn a_send_refused_for_the_output_limit_writes_nothing() {
     assert_eq!(e.written, 0, "a refused send wrote {} bytes", e.written);
     peer.set_nonblocking(true).unwrap();
     let mut buf = [0u8; 16];
-    assert_eq!(peer.read(&mut buf).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+    assert_eq!(
+        peer.read(&mut buf).unwrap_err().kind(),
+        io::ErrorKind::WouldBlock
+    );
 }
 
 #[test]
@@ -178,7 +193,11 @@ fn send_of_shared_bytes_queues_them_without_a_copy() {
     let e = c.send(&shared, Some(&shared), HIGH, MAX);
     assert!(e.close.is_none() && e.reregister);
     assert_eq!(c.out.len(), shared.len() - e.written);
-    assert!(c.out.capacity() < 1024, "the queue copied: {} bytes", c.out.capacity());
+    assert!(
+        c.out.capacity() < 1024,
+        "the queue copied: {} bytes",
+        c.out.capacity()
+    );
     // The same bytes copied would be held by the queue itself.
     let (mut copy, _peer2) = small_sndbuf_pair();
     let e2 = copy.send(&shared, None, HIGH, MAX);
@@ -222,9 +241,12 @@ fn flush_delivers_in_order_disarms_writable_and_reports_the_drain() {
     assert!(effects.iter().all(|e| e.ready == e.drained));
     assert!(!c.congested && c.replay);
     assert!(effects.iter().all(|e| e.close.is_none()));
-    assert_eq!(effects.iter().map(|e| e.written).sum::<usize>(), total - first);
+    assert_eq!(
+        effects.iter().map(|e| e.written).sum::<usize>(),
+        total - first
+    );
     // A flush with nothing queued does nothing.
-    let e = c.flush(LOW);
+    let e = c.flush(LOW, usize::MAX);
     assert!(e.written == 0 && !e.reregister && !e.drained && e.close.is_none());
 }
 
@@ -237,7 +259,10 @@ fn close_with_a_queue_waits_for_it_then_flush_closes_locally() {
     assert_eq!(c.state, State::Closing);
     assert!(c.close().is_none(), "closing again keeps the queue");
     assert_eq!(c.accepts_output(), Err(SendError::Closing));
-    assert!(!c.wants_read(true) && !c.wants_read(false), "no reading while closing");
+    assert!(
+        !c.wants_read(true) && !c.wants_read(false),
+        "no reading while closing"
+    );
     let mut got = vec![0u8; first];
     peer.read_exact(&mut got).unwrap();
     let (rest, effects) = deliver_all(&mut c, &mut peer, data.len(), first);
@@ -266,7 +291,10 @@ fn close_with_an_empty_queue_is_immediate_local_or_peer_closed_after_eof() {
     let mut skip = vec![0u8; first];
     peer.read_exact(&mut skip).unwrap();
     let (_, effects) = deliver_all(&mut c, &mut peer, 256 * 1024, first);
-    assert!(matches!(effects.last().unwrap().close, Some(CloseReason::PeerClosed)));
+    assert!(matches!(
+        effects.last().unwrap().close,
+        Some(CloseReason::PeerClosed)
+    ));
 }
 
 #[test]
@@ -277,7 +305,11 @@ fn read_step_reports_data_blocked_and_eof() {
     peer.write_all(b"abc").unwrap();
     match c.read_step(&mut buf) {
         ReadStep::Data(3, drained) => {
-            assert_eq!(drained, cfg!(target_os = "linux"), "a short read proves it drained");
+            assert_eq!(
+                drained,
+                cfg!(target_os = "linux"),
+                "a short read proves it drained"
+            );
             assert_eq!(&buf[..3], b"abc");
         }
         _ => panic!("expected 3 bytes"),
@@ -345,7 +377,10 @@ fn shutdown_write_with_a_queue_sends_fin_after_the_last_byte_and_keeps_reading()
     let (rest, effects) = deliver_all(&mut c, &mut peer, data.len(), first);
     got.extend_from_slice(&rest);
     assert!(got == data);
-    assert!(effects.iter().all(|e| e.close.is_none()), "a write shutdown is no close");
+    assert!(
+        effects.iter().all(|e| e.close.is_none()),
+        "a write shutdown is no close"
+    );
     let mut after = Vec::new();
     peer.read_to_end(&mut after).unwrap();
     assert!(after.is_empty(), "FIN after the queue");
@@ -363,10 +398,13 @@ fn connecting_queues_sends_and_close_waits_for_the_connect() {
     let mut c = Conn::new(stream, State::Connecting, None, Instant::now());
     assert!(c.writable_armed, "a connect waits for WRITABLE");
     let e = c.send(b"early", None, HIGH, MAX);
-    assert_eq!(e.written, 0, "nothing is written before the connect finishes");
+    assert_eq!(
+        e.written, 0,
+        "nothing is written before the connect finishes"
+    );
     assert!(!e.reregister && e.close.is_none());
     assert_eq!(c.out.len(), 5);
-    let e = c.flush(LOW);
+    let e = c.flush(LOW, usize::MAX);
     assert_eq!(e.written, 0, "no flush while connecting");
     assert!(c.close().is_none(), "the queued bytes are owed");
     assert!(c.close_when_open);
@@ -389,11 +427,17 @@ fn set_paused_then_resumed_is_ready_and_replays() {
     let e = c.set_paused(true);
     assert!(!e.ready, "pausing twice is no resume");
     let e = c.set_paused(false);
-    assert!(e.ready && c.replay, "resuming reads (and presents kept input) next tick");
+    assert!(
+        e.ready && c.replay,
+        "resuming reads (and presents kept input) next tick"
+    );
     assert!(c.wants_read(true));
     c.replay = false;
     let e = c.set_paused(false);
-    assert!(!e.ready && !c.replay, "resuming what was not paused does nothing");
+    assert!(
+        !e.ready && !c.replay,
+        "resuming what was not paused does nothing"
+    );
     // Congestion pauses reading only when the config says so.
     c.congested = true;
     assert!(!c.wants_read(true));
@@ -446,8 +490,11 @@ fn finish_connect_reports_connected_or_refused() {
         let end = Instant::now() + DEADLINE;
         let result = loop {
             // Wait for the connect's WRITABLE (or error); spurious wake-ups say "not yet".
-            poll.poll(&mut events, Some(end.saturating_duration_since(Instant::now())))
-                .unwrap();
+            poll.poll(
+                &mut events,
+                Some(end.saturating_duration_since(Instant::now())),
+            )
+            .unwrap();
             assert!(Instant::now() < end, "connect never finished");
             match c.finish_connect() {
                 Ok(false) => continue,

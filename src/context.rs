@@ -70,6 +70,28 @@ impl<H: Handler> Context<'_, H> {
         self.core.conn_send(conn.0, data, Some(data))
     }
 
+    /// Queues `len` bytes of `file` from `offset` on, after everything already queued, to be
+    /// sent with sendfile(2): the bytes go from the page cache to the socket without entering
+    /// this process, resuming at the right offset after partial sends. Same backpressure
+    /// (watermarks, `on_drain`) and close semantics as [`send`](Self::send); the file's
+    /// bytes do not count toward `max_output`, as they are not held in memory. At most
+    /// [`Config::send_file_chunk`](crate::Config::send_file_chunk) bytes go per turn, so other
+    /// connections are served in between. A file that turns out shorter than `len` (truncated
+    /// while sending) closes the connection with a `CloseReason::Error` saying so.
+    ///
+    /// sendfile(2) cannot suppress SIGPIPE: Rust programs ignore it from start-up, but a host
+    /// program that restores its default action must not use this.
+    pub fn send_file(
+        &mut self,
+        conn: ConnId,
+        file: impl Into<std::sync::Arc<std::fs::File>>,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), SendError> {
+        let len = usize::try_from(len).map_err(|_| SendError::OutputLimit)?;
+        self.core.conn_send_file(conn.0, file.into(), offset, len)
+    }
+
     /// Sends the same bytes to many connections. They are copied once into a shared buffer;
     /// every connection that cannot take them at once queues a reference to it, so a
     /// broadcast to a thousand congested readers holds the bytes once, not a thousand

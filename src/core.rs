@@ -73,6 +73,9 @@ pub(crate) struct Core {
     /// Entries whose budget ran out, or whose reading resumed: served next tick, and the
     /// poll does not sleep while any are waiting.
     pub(crate) ready: Vec<Key>,
+    /// Connections whose flush stopped at the per-turn file budget: flushed again next tick,
+    /// and the poll does not sleep while any are waiting.
+    pub(crate) ready_write: Vec<Key>,
     /// Connections taken over by `Context::adopt`: `on_open` right after the callback.
     pub(crate) adopted: Vec<Key>,
     /// Entries marked dead this tick: `on_close`, then free, at the end of the tick.
@@ -108,6 +111,7 @@ impl Core {
             timers: Timers::new(),
             clock: Cell::new(None),
             ready: Vec::new(),
+            ready_write: Vec::new(),
             adopted: Vec::new(),
             closing: VecDeque::new(),
             lingering: VecDeque::new(),
@@ -228,6 +232,9 @@ impl Core {
         if effects.ready {
             self.ready.push(key);
         }
+        if effects.flush_again {
+            self.ready_write.push(key);
+        }
         effects.drained
     }
 
@@ -280,6 +287,27 @@ impl Core {
         refused.map_or(Ok(()), Err)
     }
 
+    /// `Context::send_file`: queues a file region on `key` and sends what the socket takes.
+    pub(crate) fn conn_send_file(
+        &mut self,
+        key: Key,
+        file: std::sync::Arc<std::fs::File>,
+        offset: u64,
+        len: usize,
+    ) -> Result<(), SendError> {
+        let config = &self.config;
+        let (high, low, budget) = (config.high_watermark, config.low_watermark, config.send_file_chunk);
+        let Some(Kind::Conn(conn)) = live_in(&mut self.slab, key) else {
+            return Err(SendError::Closed);
+        };
+        conn.accepts_output()?;
+        let (high, low) = conn.limits.as_ref().map_or((high, low), |l| (l.high, l.low));
+        let effects = conn.send_file(file, offset, len, high, low, budget);
+        let failed = effects.close.is_some();
+        let _ = self.apply(key, effects);
+        if failed { Err(SendError::Closed) } else { Ok(()) }
+    }
+
     /// Writes the queue of `key`; returns whether `on_drain` is due.
     pub(crate) fn conn_flush(&mut self, key: Key) -> bool {
         let low = self.config.low_watermark;
@@ -287,7 +315,7 @@ impl Core {
             return false;
         };
         let low = conn.limits.as_ref().map_or(low, |l| l.low);
-        let effects = conn.flush(low);
+        let effects = conn.flush(low, self.config.send_file_chunk);
         if effects.written > 0 && self.config.send_timeout.is_some() {
             let now = self.now();
             if let Some(conn) = self.conn_mut(key) {

@@ -38,6 +38,12 @@ impl Ready {
         read_closed: false,
         error: false,
     };
+    pub(crate) const WRITABLE: Ready = Ready {
+        readable: false,
+        writable: true,
+        read_closed: false,
+        error: false,
+    };
 }
 
 /// The handler and what belongs to it.

@@ -812,7 +812,10 @@ where
             }
             None if rest.len() > max_frame => {
                 let len = max_frame.saturating_add(1);
-                return Err(FrameError::FrameTooLarge { len, max: max_frame });
+                return Err(FrameError::FrameTooLarge {
+                    len,
+                    max: max_frame,
+                });
             }
             None => break,
         }
@@ -1113,7 +1116,10 @@ mod tests {
         }
         for every in [None, Some(1), Some(2), Some(3)] {
             let (events, _) = looped::<D>(max, data, &every_byte, every);
-            assert_eq!(events, expected.0, "decode byte at a time, stop every {every:?}");
+            assert_eq!(
+                events, expected.0,
+                "decode byte at a time, stop every {every:?}"
+            );
             let (events, _) = looped::<D>(max, data, &[], every);
             assert_eq!(events, expected.0, "decode at once, stop every {every:?}");
         }
@@ -1498,7 +1504,12 @@ mod tests {
 
     /// `decode` through a simulated loop (no breaks), with fixed-size chunks; checks the
     /// tail after every chunk against `bound` and returns the events.
-    fn decode_chunked<D: Decoder>(max: usize, data: &[u8], chunk: usize, bound: usize) -> Vec<Event> {
+    fn decode_chunked<D: Decoder>(
+        max: usize,
+        data: &[u8],
+        chunk: usize,
+        bound: usize,
+    ) -> Vec<Event> {
         let mut d = D::with_max(max);
         let (mut kept, mut events) = (Vec::new(), Vec::new());
         for piece in data.chunks(chunk) {
@@ -1531,7 +1542,14 @@ mod tests {
         assert_eq!(d.decode(b"no\n", &mut push), 3);
         assert_eq!(
             got,
-            [ok(b"ab"), ok(b"cd"), ok(b""), TOO_LONG_4, ok(b"ok"), ok(b"no")]
+            [
+                ok(b"ab"),
+                ok(b"cd"),
+                ok(b""),
+                TOO_LONG_4,
+                ok(b"ok"),
+                ok(b"no")
+            ]
         );
         assert_eq!(d.buffered(), 0);
         assert_eq!(d.buf.capacity(), 0);
@@ -1539,7 +1557,10 @@ mod tests {
         let mut d = LineDecoder::new(usize::MAX);
         let mut got = Vec::new();
         assert_eq!(d.decode(b"abc", |f| got.push(f.map(<[u8]>::to_vec))), 0);
-        assert_eq!(d.decode(b"abcd\r\n", |f| got.push(f.map(<[u8]>::to_vec))), 6);
+        assert_eq!(
+            d.decode(b"abcd\r\n", |f| got.push(f.map(<[u8]>::to_vec))),
+            6
+        );
         assert_eq!(got, [ok(b"abcd")]);
     }
 
@@ -1580,7 +1601,10 @@ mod tests {
         encode_length_prefixed(b"ok", &mut w);
         for chunk in [65536, 100] {
             let got = decode_chunked::<LengthDecoder>(max, &w, chunk, 3);
-            assert_eq!(got, [Err(FrameError::FrameTooLarge { len, max }), ok(b"ok")]);
+            assert_eq!(
+                got,
+                [Err(FrameError::FrameTooLarge { len, max }), ok(b"ok")]
+            );
         }
         // A frame of exactly max bytes trickled in: its prefix and all but a byte are kept.
         let payload: Vec<u8> = (0..max).map(|i| i as u8).collect();
@@ -1615,7 +1639,10 @@ mod tests {
         let kept = data[..9].to_vec();
         assert_eq!(d.decode(&kept[..5], |_| -> () { unreachable!() }), 0);
         let range = kept.as_ptr_range();
-        assert_eq!(d.decode(&kept, |f| assert!(range.contains(&f.unwrap().as_ptr()))), 7);
+        assert_eq!(
+            d.decode(&kept, |f| assert!(range.contains(&f.unwrap().as_ptr()))),
+            7
+        );
 
         let data = b"\x02ab\x00\x01c";
         let range = data.as_ptr_range();
@@ -1791,7 +1818,11 @@ mod tests {
             let cuts = random_cuts(&mut rng, data.len());
             let stop = rng.below(2) == 0;
             let got = looped_with(max, &data, &cuts, stop);
-            assert_eq!(got, tiny_model(max, &data), "max {max} cuts {cuts:?} data {data:?}");
+            assert_eq!(
+                got,
+                tiny_model(max, &data),
+                "max {max} cuts {cuts:?} data {data:?}"
+            );
         }
     }
 

@@ -205,6 +205,11 @@ impl<H: Handler> EventLoop<H> {
                 dispatch::dispatch(core, user, &mut self.buf, key, Ready::READABLE);
             }
         }
+        if !core.ready_write.is_empty() {
+            for key in std::mem::take(&mut core.ready_write) {
+                dispatch::dispatch(core, user, &mut self.buf, key, Ready::WRITABLE);
+            }
+        }
         if !user.pending.deferred.is_empty() {
             for work in std::mem::take(&mut user.pending.deferred) {
                 dispatch::invoke(core, user, None, work);
@@ -259,6 +264,7 @@ impl<H: Handler> EventLoop<H> {
                 None => timeout,
             };
             if !self.core.ready.is_empty()
+                || !self.core.ready_write.is_empty()
                 || !self.core.closing.is_empty()
                 || !self.user.pending.deferred.is_empty()
             {

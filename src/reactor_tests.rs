@@ -2,10 +2,10 @@
 //! token, as if poll had returned them, so orderings that real sockets make rare are exact.
 
 use super::*;
+use crate::Config;
 use crate::conn::State;
 use crate::stream::Stream;
 use crate::{CloseReason, ConnId, SendError, TimerId};
-use crate::Config;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
@@ -21,11 +21,23 @@ impl Handler for Rec {
     fn on_open(&mut self, _cx: &mut Context<'_, Self>, conn: ConnId, _: &mut ()) {
         self.opens.push(conn);
     }
-    fn on_data(&mut self, _cx: &mut Context<'_, Self>, conn: ConnId, _: &mut (), data: &[u8]) -> usize {
+    fn on_data(
+        &mut self,
+        _cx: &mut Context<'_, Self>,
+        conn: ConnId,
+        _: &mut (),
+        data: &[u8],
+    ) -> usize {
         self.data.push((conn, data.to_vec()));
         data.len()
     }
-    fn on_close(&mut self, _cx: &mut Context<'_, Self>, conn: ConnId, _: (), _reason: &CloseReason) {
+    fn on_close(
+        &mut self,
+        _cx: &mut Context<'_, Self>,
+        conn: ConnId,
+        _: (),
+        _reason: &CloseReason,
+    ) {
         self.closes.push(conn);
     }
 }
@@ -161,22 +173,70 @@ fn one_accepted(config: Config) -> (EventLoop<Rec>, TcpStream, std::net::SocketA
     (el, client, addr, conn)
 }
 
-/// `cancel_timer` cancels the handler's own timers only: ids of the loop's idle, connect
-/// and shutdown-deadline timers (which a handler is never given, but could forge or guess:
-/// ids are sequential) are refused, and those timers stay armed.
+/// `cancel_timer` cancels the handler's own timers only: ids of the loop's idle, connect,
+/// send-deadline, linger and shutdown-deadline timers (which a handler is never given, but
+/// could forge or guess: ids are sequential) are refused, and those timers stay armed.
 #[test]
 fn cancel_timer_cannot_cancel_the_loops_own_timers() {
     let mut config = Config::default();
     config.idle_timeout = Some(Duration::from_secs(60));
     let (mut el, _client, addr, conn) = one_accepted(config);
-    let idle: TimerId = el.core().conn_mut(conn.0).unwrap().timer.expect("idle timer");
-    let out = el.connect(addr, ()).unwrap();
-    let connect: TimerId = el.core().conn_mut(out.0).unwrap().timer.expect("connect timer");
+    let idle: TimerId = el
+        .core()
+        .conn_mut(conn.0)
+        .unwrap()
+        .timer
+        .expect("idle timer");
+    let elsewhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let out = el.connect(elsewhere.local_addr().unwrap(), ()).unwrap();
+    let connect: TimerId = el
+        .core()
+        .conn_mut(out.0)
+        .unwrap()
+        .timer
+        .expect("connect timer");
+    // A queue the client does not read: the send deadline runs.
+    el.context().set_send_buffer_size(conn, 4096).unwrap();
+    el.context().send(conn, &vec![0u8; 4 << 20]).unwrap();
+    let send: TimerId = el
+        .core()
+        .conn_mut(conn.0)
+        .unwrap()
+        .send_timer
+        .expect("send timer");
     let user = el.context().set_timer(Duration::from_secs(60));
     assert!(user.as_u64() > idle.as_u64() && user.as_u64() > connect.as_u64());
-    for internal in [idle, connect] {
+    for internal in [idle, connect, send] {
         assert!(!el.context().cancel_timer(internal), "{internal:?}");
-        assert!(el.core().timers.contains(internal), "{internal:?} still armed");
+        assert!(
+            el.core().timers.contains(internal),
+            "{internal:?} still armed"
+        );
+    }
+    // A clean close before the peer's EOF lingers, on a timer of its own.
+    el.context().abort(conn);
+    el.context().close(out);
+    let _c2 = TcpStream::connect(addr).unwrap();
+    tick_until(&mut el, |h| h.opens.len() == 2 && h.closes.len() == 2);
+    let second = el.handler().opens[1];
+    el.context().close(second);
+    el.run_once(Some(Duration::ZERO)).unwrap();
+    let linger: Vec<TimerId> = el
+        .core()
+        .slab
+        .iter()
+        .filter_map(|(_, e)| match &e.kind {
+            crate::core::Kind::Linger(l) => l.timer,
+            _ => None,
+        })
+        .collect();
+    assert!(!linger.is_empty(), "a lingering socket with its timer");
+    for internal in linger {
+        assert!(!el.context().cancel_timer(internal), "{internal:?}");
+        assert!(
+            el.core().timers.contains(internal),
+            "{internal:?} still armed"
+        );
     }
     el.context().shutdown(Duration::from_secs(60));
     let deadline = el.core().shutdown.as_ref().unwrap().timer.unwrap();
@@ -197,7 +257,10 @@ fn conn_timers_are_cancelled_when_the_connection_closes() {
     let cancelled = cx.set_conn_timer(conn, Duration::from_secs(60)).unwrap();
     assert!(cx.cancel_timer(cancelled));
     assert!(!cx.cancel_timer(cancelled));
-    assert_eq!(el.core().conn_mut(conn.0).unwrap().user_timers, [once, every]);
+    assert_eq!(
+        el.core().conn_mut(conn.0).unwrap().user_timers,
+        [once, every]
+    );
     el.context().close(conn);
     assert!(!el.core().timers.contains(once) && !el.core().timers.contains(every));
     el.run_once(Some(Duration::ZERO)).unwrap();
@@ -217,7 +280,13 @@ fn kept_input_dies_with_its_connection() {
     struct Keeper(Vec<Vec<u8>>);
     impl Handler for Keeper {
         type Conn = ();
-        fn on_data(&mut self, _: &mut Context<'_, Self>, _: ConnId, _: &mut (), data: &[u8]) -> usize {
+        fn on_data(
+            &mut self,
+            _: &mut Context<'_, Self>,
+            _: ConnId,
+            _: &mut (),
+            data: &[u8],
+        ) -> usize {
             self.0.push(data.to_vec());
             0 // keeps everything
         }

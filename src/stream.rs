@@ -92,3 +92,20 @@ impl Stream {
         matches!(self, Stream::Tcp(_))
     }
 }
+
+impl crate::outbuf::Sink for &Stream {
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.send_vectored(bufs)
+    }
+
+    /// sendfile(2) has no MSG_NOSIGNAL: a write to a closed peer raises SIGPIPE, which Rust
+    /// programs ignore from start-up (a host that restores it must not use `send_file`).
+    fn send_file(&mut self, file: &std::fs::File, offset: u64, len: usize) -> io::Result<usize> {
+        let mut offset = offset;
+        let out = match self {
+            Stream::Tcp(s) => rustix::fs::sendfile(s, file, Some(&mut offset), len),
+            Stream::Unix(s) => rustix::fs::sendfile(s, file, Some(&mut offset), len),
+        };
+        out.map_err(io::Error::from)
+    }
+}

@@ -32,7 +32,10 @@ impl Handler for Room {
 
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("procfs");
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .expect("VmRSS");
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
@@ -44,7 +47,9 @@ fn child(mode: &str) {
     let mut clients = Vec::with_capacity(RECEIVERS);
     for _ in 0..RECEIVERS {
         let c = TcpStream::connect(addr).unwrap();
-        socket2::SockRef::from(&c).set_recv_buffer_size(4096).unwrap();
+        socket2::SockRef::from(&c)
+            .set_recv_buffer_size(4096)
+            .unwrap();
         clients.push(c);
         el.run_once(Some(Duration::ZERO)).unwrap();
     }
@@ -86,12 +91,24 @@ fn main() {
     println!("| mode | RSS growth | bytes queued |\n|---|---:|---:|");
     for mode in ["copy", "shared"] {
         let out = Command::new(&me).args(["--child", mode]).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let text = String::from_utf8(out.stdout).unwrap();
         let mut f = text.split_whitespace();
         let (_, kib, queued) = (f.next(), f.next().unwrap(), f.next().unwrap());
         let kib: u64 = kib.parse().unwrap();
-        let label = if mode == "copy" { "`send` to each (a copy per queue)" } else { "`broadcast` (one shared buffer)" };
-        println!("| {label} | {:.1} MiB | {:.1} MiB |", kib as f64 / 1024.0, queued.parse::<f64>().unwrap() / 1048576.0);
+        let label = if mode == "copy" {
+            "`send` to each (a copy per queue)"
+        } else {
+            "`broadcast` (one shared buffer)"
+        };
+        println!(
+            "| {label} | {:.1} MiB | {:.1} MiB |",
+            kib as f64 / 1024.0,
+            queued.parse::<f64>().unwrap() / 1048576.0
+        );
     }
 }

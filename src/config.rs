@@ -144,7 +144,10 @@ impl Config {
             ));
         }
         if self.backlog <= 0 {
-            return fail(format!("Config::backlog ({}) must be positive", self.backlog));
+            return fail(format!(
+                "Config::backlog ({}) must be positive",
+                self.backlog
+            ));
         }
         Ok(())
     }

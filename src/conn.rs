@@ -239,7 +239,12 @@ impl Conn {
                 };
             }
         }
-        let mut effects = self.queue(&data[written..], shared.map(|b| b.slice(written..)), high, max_output);
+        let mut effects = self.queue(
+            &data[written..],
+            shared.map(|b| b.slice(written..)),
+            high,
+            max_output,
+        );
         effects.written = written;
         effects
     }
@@ -248,7 +253,13 @@ impl Conn {
     /// and arms WRITABLE.
     #[cold]
     #[inline(never)]
-    fn queue(&mut self, rest: &[u8], shared: Option<Bytes>, high: usize, max_output: usize) -> Effects {
+    fn queue(
+        &mut self,
+        rest: &[u8],
+        shared: Option<Bytes>,
+        high: usize,
+        max_output: usize,
+    ) -> Effects {
         if self.out.len().saturating_add(rest.len()) > max_output {
             return Effects::close(CloseReason::OutputLimit);
         }
@@ -359,7 +370,10 @@ impl Conn {
     pub(crate) fn reset(&mut self) {
         self.out.clear();
         if self.stream.is_tcp() {
-            let _ = self.stream.sock().set_linger(Some(std::time::Duration::ZERO));
+            let _ = self
+                .stream
+                .sock()
+                .set_linger(Some(std::time::Duration::ZERO));
         }
     }
 

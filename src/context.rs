@@ -242,7 +242,8 @@ impl<H: Handler> Context<'_, H> {
     /// untrusted peer gets less). Checked the next time input is kept. Returns `false` if
     /// `conn` is not open.
     pub fn set_input_limit(&mut self, conn: ConnId, max_input: usize) -> bool {
-        self.core.conn_set_limits(conn.0, |l| l.max_input = max_input)
+        self.core
+            .conn_set_limits(conn.0, |l| l.max_input = max_input)
     }
 
     /// Bytes of input `conn` left unconsumed, kept by the loop; `None` if it is not open.
@@ -347,7 +348,11 @@ impl<H: Handler> Context<'_, H> {
     }
 
     /// Routes `listener`'s accepted TCP connections through `hand_off` (`Workers`).
-    pub(crate) fn set_hand_off(&mut self, listener: ListenerId, hand_off: crate::listener::HandOff) {
+    pub(crate) fn set_hand_off(
+        &mut self,
+        listener: ListenerId,
+        hand_off: crate::listener::HandOff,
+    ) {
         if let Some(Kind::Listener(l)) = self.core.live_mut(listener.0) {
             l.hand_off = Some(hand_off);
         }

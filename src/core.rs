@@ -136,7 +136,12 @@ impl Core {
     }
 
     /// A timer due `after` from now ("never" if that is past what `Instant` can hold).
-    pub(crate) fn set_timer(&mut self, after: Duration, period: Option<Duration>, kind: TimerKind) -> TimerId {
+    pub(crate) fn set_timer(
+        &mut self,
+        after: Duration,
+        period: Option<Duration>,
+        kind: TimerKind,
+    ) -> TimerId {
         let at = deadline_after(self.now(), after);
         self.timers.insert(at, period, kind)
     }
@@ -264,7 +269,12 @@ impl Core {
     /// Buffered sendall (see `Conn::send`). Inlined: the common case is one lookup and one
     /// `send(2)`.
     #[inline]
-    pub(crate) fn conn_send(&mut self, key: Key, data: &[u8], shared: Option<&Bytes>) -> Result<(), SendError> {
+    pub(crate) fn conn_send(
+        &mut self,
+        key: Key,
+        data: &[u8],
+        shared: Option<&Bytes>,
+    ) -> Result<(), SendError> {
         let (high, max) = (self.config.high_watermark, self.config.max_output);
         let Some(Kind::Conn(conn)) = live_in(&mut self.slab, key) else {
             return Err(SendError::Closed);
@@ -296,16 +306,27 @@ impl Core {
         len: usize,
     ) -> Result<(), SendError> {
         let config = &self.config;
-        let (high, low, budget) = (config.high_watermark, config.low_watermark, config.send_file_chunk);
+        let (high, low, budget) = (
+            config.high_watermark,
+            config.low_watermark,
+            config.send_file_chunk,
+        );
         let Some(Kind::Conn(conn)) = live_in(&mut self.slab, key) else {
             return Err(SendError::Closed);
         };
         conn.accepts_output()?;
-        let (high, low) = conn.limits.as_ref().map_or((high, low), |l| (l.high, l.low));
+        let (high, low) = conn
+            .limits
+            .as_ref()
+            .map_or((high, low), |l| (l.high, l.low));
         let effects = conn.send_file(file, offset, len, high, low, budget);
         let failed = effects.close.is_some();
         let _ = self.apply(key, effects);
-        if failed { Err(SendError::Closed) } else { Ok(()) }
+        if failed {
+            Err(SendError::Closed)
+        } else {
+            Ok(())
+        }
     }
 
     /// Writes the queue of `key`; returns whether `on_drain` is due.
@@ -526,7 +547,12 @@ impl Core {
     }
 
     /// A handler timer on connection `key`; `None` if it is not open.
-    pub(crate) fn set_conn_timer(&mut self, key: Key, after: Duration, period: Option<Duration>) -> Option<TimerId> {
+    pub(crate) fn set_conn_timer(
+        &mut self,
+        key: Key,
+        after: Duration,
+        period: Option<Duration>,
+    ) -> Option<TimerId> {
         self.conn_mut(key)?;
         let id = self.set_timer(after, period, TimerKind::UserConn(key));
         self.conn_mut(key)?.user_timers.push(id);
@@ -651,7 +677,12 @@ impl Core {
     }
 
     /// `send_to` on datagram socket `key`.
-    pub(crate) fn dgram_send_to(&mut self, key: Key, data: &[u8], to: &crate::Addr) -> io::Result<()> {
+    pub(crate) fn dgram_send_to(
+        &mut self,
+        key: Key,
+        data: &[u8],
+        to: &crate::Addr,
+    ) -> io::Result<()> {
         let limit = self.config.datagram_queue_limit;
         let Some(Kind::Dgram(d)) = live_in(&mut self.slab, key) else {
             return Err(io::ErrorKind::NotConnected.into());
@@ -684,7 +715,10 @@ impl Core {
     fn reregister_dgram(&mut self, key: Key) {
         if let Some(Kind::Dgram(d)) = live_in(&mut self.slab, key) {
             let interest = d.interest();
-            if let Err(e) = self.registry.reregister(d.socket.source(), key.token(), interest) {
+            if let Err(e) = self
+                .registry
+                .reregister(d.socket.source(), key.token(), interest)
+            {
                 log::error!("{}: reregister: {e}", UdpId(key));
             }
         }

@@ -7,9 +7,9 @@ use crate::conn::{ReadStep, State};
 use crate::context::Pending;
 use crate::core::{Core, Kind, TimerKind};
 use crate::listener::Accepted;
+use crate::stream::Stream;
 use crate::token::Key;
 use crate::{CloseReason, ConnId, Context, Handler, ListenerId, UdpId};
-use crate::stream::Stream;
 use mio::event::Event;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -93,7 +93,9 @@ pub(crate) fn invoke<H: Handler>(
     blame: Option<Key>,
     f: impl FnOnce(&mut H, &mut Context<'_, H>),
 ) {
-    let User { handler, pending, .. } = user;
+    let User {
+        handler, pending, ..
+    } = user;
     let mut cx = Context {
         core: &mut *core,
         pending,
@@ -265,7 +267,9 @@ pub(crate) fn read<H: Handler>(core: &mut Core, user: &mut User<H>, buf: &mut [u
                 }
             }
             ReadStep::Eof => {
-                invoke_conn(core, user, key, |h, cx, st| h.on_peer_eof(cx, ConnId(key), st));
+                invoke_conn(core, user, key, |h, cx, st| {
+                    h.on_peer_eof(cx, ConnId(key), st)
+                });
                 return;
             }
             // Drained: the next byte raises a new edge.
@@ -410,7 +414,12 @@ pub(crate) fn accept_retry<H: Handler>(core: &mut Core, user: &mut User<H>, key:
 
 /// Registers an accepted connection and hands it to `on_open`; past `max_connections` it
 /// gets the refusal reply and is closed.
-fn open_accepted<H: Handler>(core: &mut Core, user: &mut User<H>, stream: Stream, origin: ListenerId) {
+fn open_accepted<H: Handler>(
+    core: &mut Core,
+    user: &mut User<H>,
+    stream: Stream,
+    origin: ListenerId,
+) {
     if core.stats.connections_open >= core.config.max_connections as u64 {
         core.stats.refused += 1;
         log::debug!("refused a connection: {} open", core.stats.connections_open);
@@ -449,7 +458,9 @@ fn recv_datagrams<H: Handler>(core: &mut Core, user: &mut User<H>, buf: &mut [u8
             }
             Ok((n, from)) => {
                 core.stats.datagrams_in += 1;
-                invoke(core, user, None, |h, cx| h.on_datagram(cx, id, &buf[..n], &from));
+                invoke(core, user, None, |h, cx| {
+                    h.on_datagram(cx, id, &buf[..n], &from)
+                });
             }
             // Drained.
             Err(e) if crate::stream::would_block(&e) => return,
@@ -517,7 +528,10 @@ pub(crate) fn reap<H: Handler>(core: &mut Core, user: &mut User<H>) {
                 let linger = reason.is_clean() && !c.eof;
                 core.stats.connections_open -= 1;
                 core.stats.closed.count(&reason);
-                let state = user.states.get_mut(key.slot as usize).and_then(Option::take);
+                let state = user
+                    .states
+                    .get_mut(key.slot as usize)
+                    .and_then(Option::take);
                 if let Some(state) = state {
                     invoke(core, user, None, |h, cx| {
                         h.on_close(cx, ConnId(key), state, &reason)

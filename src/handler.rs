@@ -146,7 +146,12 @@ pub trait Handler: Sized {
     /// Accepting on `listener` failed: out of descriptors or kernel memory (the loop retries
     /// after [`Config::accept_retry`](crate::Config::accept_retry)), or an error about the
     /// listener itself. The default logs nothing more than the loop already did.
-    fn on_listener_error(&mut self, cx: &mut Context<'_, Self>, listener: ListenerId, error: &io::Error) {
+    fn on_listener_error(
+        &mut self,
+        cx: &mut Context<'_, Self>,
+        listener: ListenerId,
+        error: &io::Error,
+    ) {
         let _ = (cx, listener, error);
     }
 }

@@ -74,6 +74,9 @@ mod tests {
         assert_eq!(input.buf.capacity(), 0);
         input.append(b"x");
         input.consume(1);
-        assert!(input.buf.capacity() > 0, "small buffers are kept for the next frame");
+        assert!(
+            input.buf.capacity() > 0,
+            "small buffers are kept for the next frame"
+        );
     }
 }

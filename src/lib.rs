@@ -56,15 +56,15 @@ mod unix;
 mod workers;
 
 pub use addr::Addr;
+pub use bytes::Bytes;
 pub use config::Config;
 pub use context::Context;
 pub use framing::{FrameError, LengthDecoder, LineDecoder, encode_length_prefixed};
 pub use handle::Handle;
 pub use handler::Handler;
+pub use reactor::EventLoop;
 pub use reason::{CloseReason, SendError};
 pub use signal::Signal;
-pub use bytes::Bytes;
-pub use reactor::EventLoop;
 pub use sockopt::{ListenOptions, UdpOptions};
 pub use stats::{ClosedCounts, Stats};
 pub use timers::TimerId;

@@ -9,8 +9,8 @@
 //! `on_close`; the entry is invisible to it and to `EventLoop::slab_len`, and is counted in
 //! `Stats::lingering`. `Core::linger` puts one in the slab; this file is the socket side.
 
-use crate::stream::{interrupted, would_block};
 use crate::stream::Stream;
+use crate::stream::{interrupted, would_block};
 use crate::timers::TimerId;
 use mio::{Interest, Registry, Token};
 use std::io;
@@ -49,7 +49,12 @@ impl Linger {
 
     /// Registers under the lingering entry's own token (`registered`: the socket is in the
     /// poll set already, under its connection's token). epoll reports input already waiting.
-    pub(crate) fn register(&mut self, registry: &Registry, token: Token, registered: bool) -> io::Result<()> {
+    pub(crate) fn register(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        registered: bool,
+    ) -> io::Result<()> {
         let source = self.stream.source();
         if registered {
             registry.reregister(source, token, Interest::READABLE)

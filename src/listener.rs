@@ -77,9 +77,8 @@ impl ListenerEntry {
     /// took it.
     pub(crate) fn route(&mut self, stream: Stream) -> Option<Stream> {
         match (&mut self.hand_off, stream) {
-            (Some(hand_off), Stream::Tcp(s)) => {
-                hand_off(std::net::TcpStream::from(s)).map(|s| Stream::Tcp(mio::net::TcpStream::from_std(s)))
-            }
+            (Some(hand_off), Stream::Tcp(s)) => hand_off(std::net::TcpStream::from(s))
+                .map(|s| Stream::Tcp(mio::net::TcpStream::from_std(s))),
             (_, stream) => Some(stream),
         }
     }

@@ -244,7 +244,9 @@ impl OutBuf {
                     match sink.send_file(file, *offset, (*len).min(file_budget)) {
                         Ok(0) => Err(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
-                            format!("file ended {len} bytes before its queued region did (truncated while sending?)"),
+                            format!(
+                                "file ended {len} bytes before its queued region did (truncated while sending?)"
+                            ),
                         )),
                         Ok(n) => {
                             file_budget -= n.min(file_budget);
@@ -256,7 +258,10 @@ impl OutBuf {
                 _ => {
                     let mut slices = [IoSlice::new(&[]); MAX_SLICES];
                     let mut count = 0;
-                    let memory = self.chunks.iter().take_while(|c| !matches!(c, Chunk::File { .. }));
+                    let memory = self
+                        .chunks
+                        .iter()
+                        .take_while(|c| !matches!(c, Chunk::File { .. }));
                     for (slot, chunk) in slices.iter_mut().zip(memory) {
                         *slot = IoSlice::new(chunk.rest());
                         count += 1;
@@ -387,7 +392,10 @@ mod tests {
     fn a_shared_chunk_is_counted_once_and_owned_chunks_are_bounded() {
         let mut out = OutBuf::new();
         out.push_shared(Bytes::from(vec![0u8; 1 << 20]));
-        assert!(out.capacity() < 1024, "shared bytes are not this queue's own");
+        assert!(
+            out.capacity() < 1024,
+            "shared bytes are not this queue's own"
+        );
         for _ in 0..100 {
             out.push(&[1; 4096]);
         }
@@ -421,8 +429,18 @@ mod tests {
 
     fn temp_file(bytes: &[u8]) -> Arc<File> {
         use std::io::{Seek, Write};
-        let path = std::env::temp_dir().join(format!("evloop-outbuf-{}-{}", std::process::id(), bytes.len()));
-        let mut f = File::options().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+        let path = std::env::temp_dir().join(format!(
+            "evloop-outbuf-{}-{}",
+            std::process::id(),
+            bytes.len()
+        ));
+        let mut f = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
         std::fs::remove_file(&path).unwrap();
         f.write_all(bytes).unwrap();
         f.rewind().unwrap();
@@ -438,7 +456,10 @@ mod tests {
         out.push(b">");
         out.push_file(file, 0, 3);
         assert_eq!((out.len(), out.in_memory()), (15, 2));
-        let mut sink = FileSink { received: Vec::new(), max: 4 };
+        let mut sink = FileSink {
+            received: Vec::new(),
+            max: 4,
+        };
         // A budget of 6 file bytes a call: the first call stops part-way through the file.
         let (n, r) = out.flush_to(&mut sink, 6);
         assert_eq!(r.unwrap(), Flush::Yielded);
@@ -456,7 +477,10 @@ mod tests {
         let file = temp_file(b"short");
         let mut out = OutBuf::new();
         out.push_file(file, 0, 100);
-        let mut sink = FileSink { received: Vec::new(), max: 1 << 20 };
+        let mut sink = FileSink {
+            received: Vec::new(),
+            max: 1 << 20,
+        };
         let (n, r) = out.flush_to(&mut sink, usize::MAX);
         assert_eq!(n, 5);
         assert_eq!(r.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);

@@ -255,10 +255,17 @@ mod tests {
         let now = Instant::now();
         let far = deadline_after(now, Duration::MAX);
         assert!(far > now + Duration::from_secs(50 * 365 * 24 * 3600));
-        assert_eq!(deadline_after(now, Duration::from_secs(1)), now + Duration::from_secs(1));
+        assert_eq!(
+            deadline_after(now, Duration::from_secs(1)),
+            now + Duration::from_secs(1)
+        );
         let mut timers = Timers::new();
         let id = timers.insert(far, None, ());
-        assert!(timers.pop_expired(now + Duration::from_secs(3600)).is_none());
+        assert!(
+            timers
+                .pop_expired(now + Duration::from_secs(3600))
+                .is_none()
+        );
         assert!(timers.cancel(id).is_some());
     }
 

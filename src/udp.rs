@@ -95,7 +95,12 @@ impl Dgram {
 
     /// Sends now, or queues (at most `limit` datagrams) on `WouldBlock`. Returns whether it
     /// was sent now (`Ok(false)`: queued), and whether WRITABLE must be armed.
-    pub(crate) fn send_to(&mut self, data: &[u8], to: &Addr, limit: usize) -> (io::Result<bool>, bool) {
+    pub(crate) fn send_to(
+        &mut self,
+        data: &[u8],
+        to: &Addr,
+        limit: usize,
+    ) -> (io::Result<bool>, bool) {
         if self.queue.is_empty() {
             loop {
                 match self.socket.send_to(data, to) {

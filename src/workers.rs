@@ -311,7 +311,14 @@ fn watch_signals<H: Handler + 'static>(
             let mut first = true;
             for signal in signals.forever() {
                 let name = crate::Signal::from_number(signal).map_or("?".into(), |s| s.to_string());
-                log::info!("{name}: {}", if first { "graceful shutdown" } else { "cutting off" });
+                log::info!(
+                    "{name}: {}",
+                    if first {
+                        "graceful shutdown"
+                    } else {
+                        "cutting off"
+                    }
+                );
                 for h in &handles {
                     let _ = if first {
                         h.shutdown(deadline)

@@ -63,7 +63,10 @@ fn lingering_sockets_count_toward_the_connection_limit() {
         let s = el.stats();
         most = most.max(s.connections_open + s.lingering);
     }
-    assert!(most <= 10 + 16, "{most} sockets held with max_connections = 10");
+    assert!(
+        most <= 10 + 16,
+        "{most} sockets held with max_connections = 10"
+    );
     assert!(el.stats().lingering_dropped > 0, "{:?}", el.stats());
     // The newest client still got its reply.
     let last = clients.last_mut().unwrap();
@@ -142,7 +145,9 @@ fn a_peer_that_never_reads_meets_the_send_deadline() {
     let addr = el.context().listener_addr(l).unwrap().as_inet().unwrap();
     let server = spawn(el);
     let c = TcpStream::connect(addr).unwrap();
-    socket2::SockRef::from(&c).set_recv_buffer_size(4096).unwrap();
+    socket2::SockRef::from(&c)
+        .set_recv_buffer_size(4096)
+        .unwrap();
     assert_eq!(recv(&rx), "SendTimeout");
     let el = server.stop();
     assert_eq!(el.stats().closed.send_timeout, 1);

@@ -29,13 +29,20 @@ impl Handler for Server {
     fn on_open(&mut self, cx: &mut Context<'_, Self>, conn: ConnId, _: &mut ()) {
         cx.set_send_buffer_size(conn, 4096).unwrap();
     }
-    fn on_data(&mut self, cx: &mut Context<'_, Self>, conn: ConnId, _: &mut (), input: &[u8]) -> usize {
+    fn on_data(
+        &mut self,
+        cx: &mut Context<'_, Self>,
+        conn: ConnId,
+        _: &mut (),
+        input: &[u8],
+    ) -> usize {
         if input.starts_with(b"echo") {
             cx.send(conn, input).unwrap();
             return input.len();
         }
         cx.send(conn, b"<header>").unwrap();
-        cx.send_file(conn, self.file.clone(), 1 << 20, 3 << 20).unwrap();
+        cx.send_file(conn, self.file.clone(), 1 << 20, 3 << 20)
+            .unwrap();
         cx.send(conn, b"<middle>").unwrap();
         cx.send_file(conn, self.file.clone(), 0, 1 << 20).unwrap();
         cx.send(conn, b"<trailer>").unwrap();
@@ -86,7 +93,13 @@ fn a_big_download_leaves_room_for_other_connections() {
     struct Big(Arc<File>);
     impl Handler for Big {
         type Conn = ();
-        fn on_data(&mut self, cx: &mut Context<'_, Self>, conn: ConnId, _: &mut (), input: &[u8]) -> usize {
+        fn on_data(
+            &mut self,
+            cx: &mut Context<'_, Self>,
+            conn: ConnId,
+            _: &mut (),
+            input: &[u8],
+        ) -> usize {
             if input.starts_with(b"echo") {
                 cx.send(conn, input).unwrap();
             } else {
@@ -128,7 +141,10 @@ fn a_big_download_leaves_room_for_other_connections() {
     let finished_first = reader.is_finished();
     let total = reader.join().unwrap();
     assert_eq!(total, 256 << 20);
-    assert!(!finished_first, "the round trip waited for the whole download");
+    assert!(
+        !finished_first,
+        "the round trip waited for the whole download"
+    );
     server.stop();
     std::fs::remove_file(path).unwrap();
 }
@@ -159,7 +175,12 @@ fn a_file_truncated_while_sending_closes_the_connection_with_a_clear_reason() {
     let mut first = vec![0u8; 1024];
     c.read_exact(&mut first).unwrap();
     assert_eq!(first, content[..1024]);
-    File::options().write(true).open(&path).unwrap().set_len(64 * 1024).unwrap();
+    File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(64 * 1024)
+        .unwrap();
     let mut rest = Vec::new();
     let _ = c.read_to_end(&mut rest); // EOF or a reset: either way, short
     assert!(1024 + rest.len() < 8 << 20);

@@ -30,7 +30,13 @@ impl Handler for Counting {
             })
             .unwrap();
     }
-    fn on_data(&mut self, cx: &mut Context<'_, Self>, conn: ConnId, _: &mut (), input: &[u8]) -> usize {
+    fn on_data(
+        &mut self,
+        cx: &mut Context<'_, Self>,
+        conn: ConnId,
+        _: &mut (),
+        input: &[u8],
+    ) -> usize {
         cx.send(conn, input).unwrap();
         input.len()
     }
@@ -70,13 +76,19 @@ fn connections_spread_over_the_loops_and_loops_talk() {
     }
     let end = std::time::Instant::now() + DEADLINE;
     while sum(&opened) < 1000 || sum(&told) < 1000 {
-        assert!(std::time::Instant::now() < end, "opened {opened:?}, told {told:?}");
+        assert!(
+            std::time::Instant::now() < end,
+            "opened {opened:?}, told {told:?}"
+        );
         std::thread::yield_now();
     }
     let share = 1000 / n;
     for (i, c) in opened.iter().enumerate() {
         let got = c.load(Ordering::SeqCst);
-        assert!(got * 2 <= share * 3, "loop {i} got {got} of 1000: {opened:?}");
+        assert!(
+            got * 2 <= share * 3,
+            "loop {i} got {got} of 1000: {opened:?}"
+        );
         // Told once per connection the other loop opened.
         assert_eq!(told[i].load(Ordering::SeqCst), 1000 - got);
     }
@@ -188,7 +200,10 @@ fn a_loop_that_panics_stops_the_group_and_is_reported() {
         Err(e) => e.to_string(),
         Ok(_) => panic!("a panicking loop was not reported"),
     };
-    assert!(err.contains("event loop 1 panicked: boom in loop 1"), "{err}");
+    assert!(
+        err.contains("event loop 1 panicked: boom in loop 1"),
+        "{err}"
+    );
     // Nobody is left listening on the port.
     let refused = std::net::TcpStream::connect_timeout(&addr, DEADLINE);
     if let Ok(mut s) = refused {

@@ -6,7 +6,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use evloop::timers::Timers;
+use evloop::internals::Timers;
 
 /// Live timers in the "full" cases.
 const LIVE: u64 = 1_000_000;

@@ -21,24 +21,33 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io::Write;
 use std::ops::ControlFlow;
+use std::time::Duration;
 
 const MAX_LINE: usize = 4096;
 const MAX_NICK: usize = 32;
 
-/// Who is here. Kept apart from the decoders so that a connection's decoder can be fed
-/// while its callback changes the room (disjoint fields of `Chat`).
+/// Each user's own state, kept by the loop beside the connection.
+struct User {
+    nick: String,
+    decoder: LineDecoder,
+}
+
+impl Default for User {
+    fn default() -> Self {
+        User {
+            nick: String::new(),
+            decoder: LineDecoder::new(MAX_LINE),
+        }
+    }
+}
+
+/// Who is here: what the room needs to reach the others and keep nicks unique.
 #[derive(Default)]
-struct Room {
-    nicks: HashMap<ConnId, String>,
+struct Chat {
+    members: HashMap<String, ConnId>,
     guests: u64,
     /// Each outgoing line is formatted here once, then sent to every recipient.
     out: Vec<u8>,
-}
-
-#[derive(Default)]
-struct Chat {
-    room: Room,
-    decoders: HashMap<ConnId, LineDecoder>,
 }
 
 /// Formats one line, with its "\n", into `buf` (reusing its allocation).
@@ -54,46 +63,51 @@ fn valid_nick(name: &str) -> bool {
         && !name.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
-impl Room {
+impl Chat {
     fn taken(&self, name: &str, by_other_than: ConnId) -> bool {
-        // A linear scan: nick changes are rare next to messages.
-        self.nicks
-            .iter()
-            .any(|(&id, n)| n == name && id != by_other_than)
+        self.members
+            .get(name)
+            .is_some_and(|&id| id != by_other_than)
     }
 
-    /// Sends the line in `out` to everyone but `except`: one formatted line, many sends.
-    fn broadcast(&self, cx: &mut Context<'_>, except: ConnId) {
-        for &id in self.nicks.keys().filter(|&&id| id != except) {
-            cx.send(id, &self.out);
-        }
+    /// Sends the line in `out` to everyone but `except`: one formatted line, one shared copy.
+    /// A member that refuses it is closing, or is cut off now at its output limit (its
+    /// `on_close` announces the leave): the room goes on without it.
+    fn broadcast(&self, cx: &mut Context<'_, Self>, except: ConnId) {
+        let others = self.members.values().copied().filter(|&id| id != except);
+        cx.broadcast(others, &self.out);
     }
 
-    fn reply(&mut self, cx: &mut Context<'_>, conn: ConnId, args: fmt::Arguments<'_>) {
+    /// Answers `conn`; `Break` if it refused (it is closing, or was just cut off at its
+    /// output limit), so that its remaining lines are not handled.
+    fn reply(
+        &mut self,
+        cx: &mut Context<'_, Self>,
+        conn: ConnId,
+        args: fmt::Arguments<'_>,
+    ) -> ControlFlow<()> {
         fill(&mut self.out, args);
-        cx.send(conn, &self.out);
+        match cx.send(conn, &self.out) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(_) => ControlFlow::Break(()),
+        }
     }
 
     /// Handles one line (or framing error) from `conn`; `Break` stops reading its input.
     fn on_line(
         &mut self,
-        cx: &mut Context<'_>,
+        cx: &mut Context<'_, Self>,
         conn: ConnId,
+        nick: &mut String,
         frame: Result<&[u8], FrameError>,
     ) -> ControlFlow<()> {
         let text = match text_of(frame) {
             Ok(text) => text,
-            Err(why) => {
-                self.reply(cx, conn, format_args!("ERR {why}"));
-                return ControlFlow::Continue(());
-            }
+            Err(why) => return self.reply(cx, conn, format_args!("ERR {why}")),
         };
         let Some(command) = text.strip_prefix('/') else {
             if !text.is_empty() {
-                fill(
-                    &mut self.out,
-                    format_args!("[{}] {text}", self.nicks[&conn]),
-                );
+                fill(&mut self.out, format_args!("[{nick}] {text}"));
                 self.broadcast(cx, conn);
             }
             return ControlFlow::Continue(());
@@ -101,29 +115,35 @@ impl Room {
         let (cmd, arg) = command.split_once(' ').unwrap_or((command, ""));
         let arg = arg.trim();
         match cmd {
-            "nick" => self.set_nick(cx, conn, arg),
+            "nick" => self.set_nick(cx, conn, nick, arg),
             "who" => {
-                let mut names: Vec<&str> = self.nicks.values().map(String::as_str).collect();
+                let mut names: Vec<&str> = self.members.keys().map(String::as_str).collect();
                 names.sort_unstable();
-                fill(&mut self.out, format_args!("* users: {}", names.join(" ")));
-                cx.send(conn, &self.out);
+                let names = names.join(" ");
+                self.reply(cx, conn, format_args!("* users: {names}"))
             }
             "me" if arg.is_empty() => self.reply(cx, conn, format_args!("ERR usage: /me ACTION")),
             "me" => {
-                fill(&mut self.out, format_args!("* {} {arg}", self.nicks[&conn]));
+                fill(&mut self.out, format_args!("* {nick} {arg}"));
                 self.broadcast(cx, conn);
+                ControlFlow::Continue(())
             }
             "quit" => {
-                self.reply(cx, conn, format_args!("* bye"));
+                let _ = self.reply(cx, conn, format_args!("* bye")); // closing either way
                 cx.close(conn); // flushes the queue, then FIN; on_close announces the leave
-                return ControlFlow::Break(());
+                ControlFlow::Break(())
             }
             _ => self.reply(cx, conn, format_args!("ERR unknown command /{cmd}")),
         }
-        ControlFlow::Continue(())
     }
 
-    fn set_nick(&mut self, cx: &mut Context<'_>, conn: ConnId, name: &str) {
+    fn set_nick(
+        &mut self,
+        cx: &mut Context<'_, Self>,
+        conn: ConnId,
+        nick: &mut String,
+        name: &str,
+    ) -> ControlFlow<()> {
         if !valid_nick(name) {
             let msg = format_args!("ERR nick must be 1 to {MAX_NICK} visible characters");
             return self.reply(cx, conn, msg);
@@ -131,11 +151,13 @@ impl Room {
         if self.taken(name, conn) {
             return self.reply(cx, conn, format_args!("ERR nick {name} is taken"));
         }
-        let old = std::mem::replace(self.nicks.get_mut(&conn).unwrap(), name.into());
+        let old = std::mem::replace(nick, name.into());
+        self.members.remove(&old);
+        self.members.insert(name.into(), conn);
         log::info!("{old} is now {name}");
         fill(&mut self.out, format_args!("* {old} is now {name}"));
         self.broadcast(cx, conn);
-        self.reply(cx, conn, format_args!("* you are now {name}"));
+        self.reply(cx, conn, format_args!("* you are now {name}"))
     }
 }
 
@@ -150,39 +172,53 @@ fn text_of(frame: Result<&[u8], FrameError>) -> Result<&str, String> {
 }
 
 impl Handler for Chat {
-    fn on_open(&mut self, cx: &mut Context<'_>, conn: ConnId) {
-        let room = &mut self.room;
-        let nick = loop {
-            room.guests += 1;
-            let nick = format!("guest{}", room.guests);
-            if !room.taken(&nick, conn) {
+    type Conn = User;
+
+    fn on_open(&mut self, cx: &mut Context<'_, Self>, conn: ConnId, user: &mut User) {
+        user.nick = loop {
+            self.guests += 1;
+            let nick = format!("guest{}", self.guests);
+            if !self.taken(&nick, conn) {
                 break nick;
             }
         };
-        log::info!("{nick} joined ({conn})");
+        log::info!("{} joined ({conn})", user.nick);
         // Keep the kernel's share small (autotuned, it can hold megabytes on loopback), so
         // that a client that stops reading meets the output limit below soon.
         let _ = cx.set_send_buffer_size(conn, 64 * 1024);
-        fill(&mut room.out, format_args!("* {nick} joined"));
-        room.broadcast(cx, conn);
+        fill(&mut self.out, format_args!("* {} joined", user.nick));
+        self.broadcast(cx, conn);
         let help = "/nick NAME, /who, /me ACTION, /quit";
-        room.reply(cx, conn, format_args!("* welcome, you are {nick} ({help})"));
-        room.nicks.insert(conn, nick);
-        self.decoders.insert(conn, LineDecoder::new(MAX_LINE));
+        let welcome = format_args!("* welcome, you are {} ({help})", user.nick);
+        let _ = self.reply(cx, conn, welcome); // a refusal closes it: on_close says it left
+        self.members.insert(user.nick.clone(), conn);
     }
 
-    fn on_data(&mut self, cx: &mut Context<'_>, conn: ConnId, data: &[u8]) {
-        if let Some(decoder) = self.decoders.get_mut(&conn) {
-            decoder.feed(data, |frame| self.room.on_line(cx, conn, frame));
-        }
+    fn on_data(
+        &mut self,
+        cx: &mut Context<'_, Self>,
+        conn: ConnId,
+        user: &mut User,
+        input: &[u8],
+    ) -> usize {
+        // Whole lines only: the loop keeps a partial one (at most MAX_LINE + 1 bytes) and
+        // presents it again with the next bytes.
+        let nick = &mut user.nick; // beside the decoder: disjoint fields of the state
+        user.decoder
+            .decode(input, |line| self.on_line(cx, conn, nick, line))
     }
 
-    fn on_close(&mut self, cx: &mut Context<'_>, conn: ConnId, reason: &CloseReason) {
-        self.decoders.remove(&conn);
-        if let Some(nick) = self.room.nicks.remove(&conn) {
-            log::info!("{nick} left: {reason}");
-            fill(&mut self.room.out, format_args!("* {nick} left"));
-            self.room.broadcast(cx, conn);
+    fn on_close(
+        &mut self,
+        cx: &mut Context<'_, Self>,
+        conn: ConnId,
+        user: User,
+        reason: &CloseReason,
+    ) {
+        if self.members.remove(&user.nick).is_some() {
+            log::info!("{} left: {reason}", user.nick);
+            fill(&mut self.out, format_args!("* {} left", user.nick));
+            self.broadcast(cx, conn);
         }
     }
 }
@@ -216,6 +252,6 @@ fn main() -> std::io::Result<()> {
         "chat listening on {}",
         el.context().listener_addr(listener)?
     );
-    el.watch_signals(&[libc::SIGINT, libc::SIGTERM])?;
+    el.shutdown_on_signals(Duration::from_secs(5))?;
     el.run()
 }

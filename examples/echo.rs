@@ -19,21 +19,32 @@ use std::time::Duration;
 struct Echo;
 
 impl Handler for Echo {
-    fn on_open(&mut self, cx: &mut Context<'_>, conn: ConnId) {
+    type Conn = ();
+
+    fn on_open(&mut self, cx: &mut Context<'_, Self>, conn: ConnId, _: &mut ()) {
         if let Ok(peer) = cx.peer_addr(conn) {
             log::debug!("{conn} open from {peer}");
         }
     }
 
-    fn on_data(&mut self, cx: &mut Context<'_>, conn: ConnId, data: &[u8]) {
-        cx.send(conn, data);
+    fn on_data(
+        &mut self,
+        cx: &mut Context<'_, Self>,
+        conn: ConnId,
+        _: &mut (),
+        data: &[u8],
+    ) -> usize {
+        // Refused only if the connection is closing, or was just closed at its output limit
+        // (a client that sends but does not read): either way there is no one to echo to.
+        let _ = cx.send(conn, data);
+        data.len()
     }
 
-    fn on_close(&mut self, _cx: &mut Context<'_>, conn: ConnId, reason: &CloseReason) {
+    fn on_close(&mut self, _: &mut Context<'_, Self>, conn: ConnId, _: (), reason: &CloseReason) {
         log::debug!("{conn} closed: {reason}");
     }
 
-    fn on_datagram(&mut self, cx: &mut Context<'_>, socket: UdpId, data: &[u8], from: &Addr) {
+    fn on_datagram(&mut self, cx: &mut Context<'_, Self>, socket: UdpId, data: &[u8], from: &Addr) {
         if let Err(e) = cx.send_to(socket, data, from) {
             log::debug!("echo to {from}: {e}");
         }
@@ -94,7 +105,7 @@ fn main() -> std::io::Result<()> {
         el.listen_unix(path)?;
         log::info!("echo listening on unix:{path}");
     }
-    el.watch_signals(&[libc::SIGINT, libc::SIGTERM])?;
+    el.shutdown_on_signals(Duration::from_secs(5))?;
     el.run()?;
     log::info!("echo stopped: {:?}", el.stats());
     Ok(())

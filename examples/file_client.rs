@@ -7,8 +7,9 @@
 //!
 //! Options: `--addr ADDR` (default 127.0.0.1:7003), `--out FILE` (default: the file's name,
 //! in the current directory). The connection is the loop's own outbound `connect`: `on_open`
-//! sends `GET <path>`, `on_data` reads the `OK <size>` line and appends the body to the
-//! output file chunk by chunk, so a file of any size needs no more memory than one read.
+//! sends `GET <path>`, `on_data` decodes the `OK <size>` line from the input the loop keeps
+//! and appends the body to the output file chunk by chunk, so a file of any size needs no
+//! more memory than one read.
 //! Exit status 0 when exactly `size` bytes arrived; 1, with the reason on stderr, if the
 //! server said `ERR`, the connection failed, or it closed early (the partial file is removed).
 
@@ -34,17 +35,19 @@ struct Download {
 }
 
 impl Download {
-    /// Takes one read's worth of reply: the header line first, then body bytes.
-    fn take(&mut self, data: &[u8]) -> Result<(), String> {
-        let mut body = data;
+    /// Takes the reply so far: the header line first, then body bytes. Returns how much of
+    /// `input` it used: nothing of a header line that is not complete yet (the loop keeps
+    /// it and presents it again with the next bytes), then everything.
+    fn take(&mut self, input: &[u8]) -> Result<usize, String> {
+        let mut body = input;
         if self.file.is_none() {
             let mut header = None;
-            let used = self.header.feed(data, |line| {
+            let used = self.header.decode(input, |line| {
                 header = Some(line.map(|l| String::from_utf8_lossy(l).into_owned()));
                 ControlFlow::Break(())
             });
             let Some(header) = header else {
-                return Ok(()); // the header line is not complete yet
+                return Ok(used); // the header line is not complete yet
             };
             let header = header.map_err(|_| "reply header too long".to_string())?;
             if let Some(reason) = header.strip_prefix("ERR ") {
@@ -54,7 +57,7 @@ impl Download {
             self.size = size.ok_or(format!("bad reply header {header:?}"))?;
             let file = File::create(&self.out);
             self.file = Some(file.map_err(|e| format!("{}: {e}", self.out.display()))?);
-            body = &data[used..];
+            body = &input[used..];
         }
         if body.len() as u64 > self.size - self.received {
             return Err("server sent more than it announced".into());
@@ -63,31 +66,46 @@ impl Download {
         file.write_all(body)
             .map_err(|e| format!("{}: {e}", self.out.display()))?;
         self.received += body.len() as u64;
-        Ok(())
+        Ok(input.len())
     }
 
-    fn finish(&mut self, cx: &mut Context<'_>, conn: ConnId, outcome: Result<(), String>) {
+    fn finish(&mut self, cx: &mut Context<'_, Self>, conn: ConnId, outcome: Result<(), String>) {
         self.outcome.get_or_insert(outcome);
         cx.close(conn); // on_close stops the loop
     }
 }
 
 impl Handler for Download {
-    fn on_open(&mut self, cx: &mut Context<'_>, conn: ConnId) {
-        cx.send(conn, format!("GET {}\n", self.path).as_bytes());
-    }
+    type Conn = (); // one connection: its state is the handler's
 
-    fn on_data(&mut self, cx: &mut Context<'_>, conn: ConnId, data: &[u8]) {
-        match self.take(data) {
-            Err(e) => self.finish(cx, conn, Err(e)),
-            Ok(()) if self.file.is_some() && self.received == self.size => {
-                self.finish(cx, conn, Ok(()))
-            }
-            Ok(()) => {}
+    fn on_open(&mut self, cx: &mut Context<'_, Self>, conn: ConnId, _: &mut ()) {
+        if let Err(e) = cx.send(conn, format!("GET {}\n", self.path).as_bytes()) {
+            self.finish(cx, conn, Err(format!("sending the request: {e}")));
         }
     }
 
-    fn on_close(&mut self, cx: &mut Context<'_>, _conn: ConnId, reason: &CloseReason) {
+    fn on_data(
+        &mut self,
+        cx: &mut Context<'_, Self>,
+        conn: ConnId,
+        _: &mut (),
+        input: &[u8],
+    ) -> usize {
+        match self.take(input) {
+            Err(e) => {
+                self.finish(cx, conn, Err(e));
+                input.len()
+            }
+            Ok(used) => {
+                if self.file.is_some() && self.received == self.size {
+                    self.finish(cx, conn, Ok(()));
+                }
+                used
+            }
+        }
+    }
+
+    fn on_close(&mut self, cx: &mut Context<'_, Self>, _conn: ConnId, _: (), reason: &CloseReason) {
         let (received, size) = (self.received, self.size);
         self.outcome.get_or_insert_with(|| match self.file {
             None => Err(reason.to_string()),
@@ -135,7 +153,7 @@ fn main() {
         outcome: None,
     };
     let mut el = EventLoop::new(download).unwrap_or_else(|e| fail(&e));
-    el.connect(addr).unwrap_or_else(|e| fail(&e));
+    el.connect(addr, ()).unwrap_or_else(|e| fail(&e));
     el.run().unwrap_or_else(|e| fail(&e));
     let d = el.handler();
     if let Some(Err(e)) = &d.outcome {

@@ -16,14 +16,14 @@
 //!   connection is not congested; `on_drain` goes on once its queue has drained, so a client
 //!   that stops reading costs ~128 KiB of queue, not the file. A turn sends at most 1 MiB,
 //!   then a zero-delay timer goes on: a fast reader can't hold the loop.
-//! - **Order.** Input is queued per connection (`pending`) and decoded one line at a time;
-//!   while a file streams or replies pile up, reading is paused (`pause_read`) and the lines
-//!   already read wait in `pending`. Disk reads block the loop: fine from the page cache.
+//! - **Order.** Requests are decoded one line at a time from the input the loop keeps
+//!   (`on_data` consumes only the lines it answered); while a file streams or replies pile
+//!   up, reading is paused (`pause_read`) and the lines already read wait there, presented
+//!   again on `resume_read`. Disk reads block the loop: fine from the page cache.
 
 mod common;
 
 use evloop::{CloseReason, ConnId, Context, EventLoop, Handler, LineDecoder, TimerId};
-use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read};
 use std::os::unix::{ffi::OsStrExt, fs::OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -33,19 +33,24 @@ const CHUNK: usize = 64 * 1024;
 const CHUNKS_PER_TURN: usize = 16;
 const MAX_REQUEST: usize = 4096;
 
+/// Each connection's state, kept by the loop beside it.
 struct Session {
     decoder: LineDecoder,
-    /// Bytes received and not decoded yet (held back while busy).
-    pending: VecDeque<u8>,
     /// The file being sent, limited to the size announced.
     download: Option<std::io::Take<File>>,
 }
 
+impl Default for Session {
+    fn default() -> Self {
+        Session {
+            decoder: LineDecoder::new(MAX_REQUEST),
+            download: None,
+        }
+    }
+}
+
 struct FileServer {
     root: PathBuf,
-    sessions: HashMap<ConnId, Session>,
-    /// Zero-delay timers that continue a download after its turn.
-    turns: HashMap<TimerId, ConnId>,
     chunk: Vec<u8>,
 }
 
@@ -78,11 +83,16 @@ fn open_request(root: &Path, line: &[u8]) -> Result<(File, u64), &'static str> {
 }
 
 impl FileServer {
-    /// Serves `conn` as far as it can go now: the current download, then held-back requests.
-    fn work(&mut self, cx: &mut Context<'_>, conn: ConnId) {
-        let Some(s) = self.sessions.get_mut(&conn) else {
-            return;
-        };
+    /// Serves `conn` as far as it can go now: the current download, then the requests in
+    /// `input`. Returns how much of `input` it answered; the rest waits in the loop.
+    fn work(
+        &mut self,
+        cx: &mut Context<'_, Self>,
+        conn: ConnId,
+        s: &mut Session,
+        input: &[u8],
+    ) -> usize {
+        let mut used = 0;
         loop {
             if let Some(dl) = &mut s.download {
                 let mut turn = CHUNKS_PER_TURN;
@@ -90,37 +100,39 @@ impl FileServer {
                     let n = dl.read(&mut self.chunk).unwrap_or(0);
                     if n == 0 {
                         log::warn!("{conn}: file shrank or failed: cutting the reply short");
-                        return cx.abort(conn);
+                        cx.abort(conn);
+                        return input.len();
                     }
-                    if !cx.send(conn, &self.chunk[..n]) {
-                        return; // closed; on_close cleans up
+                    if cx.send(conn, &self.chunk[..n]).is_err() {
+                        return input.len(); // closed: on_close follows
                     }
                     turn -= 1;
                 }
                 if dl.limit() > 0 {
                     cx.pause_read(conn);
                     if !cx.is_congested(conn) {
-                        self.turns.insert(cx.set_timer(Duration::ZERO), conn);
+                        cx.set_conn_timer(conn, Duration::ZERO); // next turn: on_conn_timer
                     } // else on_drain comes back here
-                    return;
+                    return used;
                 }
                 s.download = None;
             }
             if cx.is_congested(conn) {
                 cx.pause_read(conn); // replies pile up: on_drain comes back here
-                return;
+                return used;
             }
-            // Take the next request line from what was held back.
+            // Take the next request line from what was read.
             let (mut next, root) = (None, &self.root);
-            let used = s.decoder.feed(s.pending.make_contiguous(), |frame| {
+            used += s.decoder.decode(&input[used..], |frame| {
                 let line = frame.map_err(|_| "request too long");
                 next = Some(line.and_then(|line| open_request(root, line)));
                 ControlFlow::Break(())
             });
-            s.pending.drain(..used);
             let Some(reply) = next else {
-                cx.resume_read(conn); // all decoded (a partial line stays in the decoder)
-                return;
+                // All answered (a partial line stays in the loop): read on, and have what
+                // waited while paused presented again.
+                cx.resume_read(conn);
+                return used;
             };
             let header = match reply {
                 Ok((file, size)) => {
@@ -130,40 +142,47 @@ impl FileServer {
                 Err(reason) => format!("ERR {reason}\n"),
             };
             log::debug!("{conn}: {}", header.trim_end());
-            cx.send(conn, header.as_bytes());
+            if cx.send(conn, header.as_bytes()).is_err() {
+                return input.len(); // closed: on_close follows
+            }
         }
     }
 }
 
 impl Handler for FileServer {
-    fn on_open(&mut self, _cx: &mut Context<'_>, conn: ConnId) {
-        let session = Session {
-            decoder: LineDecoder::new(MAX_REQUEST),
-            pending: VecDeque::new(),
-            download: None,
-        };
-        self.sessions.insert(conn, session);
+    type Conn = Session;
+
+    fn on_data(
+        &mut self,
+        cx: &mut Context<'_, Self>,
+        conn: ConnId,
+        s: &mut Session,
+        input: &[u8],
+    ) -> usize {
+        self.work(cx, conn, s, input)
     }
 
-    fn on_data(&mut self, cx: &mut Context<'_>, conn: ConnId, data: &[u8]) {
-        if let Some(s) = self.sessions.get_mut(&conn) {
-            s.pending.extend(data);
-            self.work(cx, conn);
-        }
+    fn on_drain(&mut self, cx: &mut Context<'_, Self>, conn: ConnId, s: &mut Session) {
+        self.work(cx, conn, s, &[]);
     }
 
-    fn on_drain(&mut self, cx: &mut Context<'_>, conn: ConnId) {
-        self.work(cx, conn);
+    fn on_conn_timer(
+        &mut self,
+        cx: &mut Context<'_, Self>,
+        conn: ConnId,
+        s: &mut Session,
+        _: TimerId,
+    ) {
+        self.work(cx, conn, s, &[]);
     }
 
-    fn on_timer(&mut self, cx: &mut Context<'_>, timer: TimerId) {
-        if let Some(conn) = self.turns.remove(&timer) {
-            self.work(cx, conn);
-        }
-    }
-
-    fn on_close(&mut self, _cx: &mut Context<'_>, conn: ConnId, reason: &CloseReason) {
-        self.sessions.remove(&conn);
+    fn on_close(
+        &mut self,
+        _cx: &mut Context<'_, Self>,
+        conn: ConnId,
+        _: Session,
+        reason: &CloseReason,
+    ) {
         log::debug!("{conn} closed: {reason}");
     }
 }
@@ -193,15 +212,13 @@ fn main() -> std::io::Result<()> {
     let root_shown = root.display().to_string();
     let server = FileServer {
         root,
-        sessions: HashMap::new(),
-        turns: HashMap::new(),
         chunk: vec![0; CHUNK],
     };
     let mut el = EventLoop::new(server)?;
     let listener = el.listen(addr)?;
     let addr = el.context().listener_addr(listener)?;
     log::info!("file_server listening on {addr} (root {root_shown})");
-    el.watch_signals(&[libc::SIGINT, libc::SIGTERM])?;
+    el.shutdown_on_signals(Duration::from_secs(5))?;
     el.run()?;
     log::info!("file_server stopped: {:?}", el.stats());
     Ok(())

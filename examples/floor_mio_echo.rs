@@ -1,7 +1,7 @@
 //! The "floor" for benchmarks: a raw mio echo server, TCP and UDP on the same port.
 //!
 //! ```text
-//! cargo run --release --example floor_mio_echo -- --addr 127.0.0.1:7000
+//! cargo run --release --example floor_mio_echo -- --addr 127.0.0.1:7000 [--threads N]
 //! ```
 //!
 //! Written like mio's tcp_server example, with the usual shortcuts: one shared 64 KiB read
@@ -9,7 +9,8 @@
 //! is written straight back and only the unwritten remainder is kept per connection, with
 //! WRITABLE registered only while something is pending (reading pauses until it is written).
 //! UDP: recv_from / send_to until WouldBlock. Listen backlog 1024 (socket2), TCP_NODELAY.
-//! Runs until killed.
+//! With `--threads N`, N such loops on N threads, each with its own SO_REUSEPORT listener and
+//! UDP socket on the same port (the multi-core floor). Runs until killed.
 
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Registry, Token};
@@ -26,21 +27,30 @@ struct Conn {
     pending: Vec<u8>,
 }
 
-fn addr_arg() -> SocketAddr {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.as_slice() {
-        [] => "127.0.0.1:7000".parse().unwrap(),
-        [f, a] if f == "--addr" => a.parse().expect("bad --addr"),
-        _ => {
-            eprintln!("usage: floor_mio_echo [--addr 127.0.0.1:7000]");
-            std::process::exit(2)
+fn args() -> (SocketAddr, usize) {
+    let mut addr = "127.0.0.1:7000".parse().unwrap();
+    let mut threads = 1;
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args.next();
+        match (flag.as_str(), value) {
+            ("--addr", Some(a)) => addr = a.parse().expect("bad --addr"),
+            ("--threads", Some(n)) => threads = n.parse().expect("bad --threads"),
+            _ => {
+                eprintln!("usage: floor_mio_echo [--addr 127.0.0.1:7000] [--threads N]");
+                std::process::exit(2)
+            }
         }
     }
+    (addr, threads)
 }
 
-fn listener(addr: SocketAddr) -> io::Result<TcpListener> {
+fn listener(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     s.set_reuse_address(true)?;
+    if reuse_port {
+        s.set_reuse_port(true)?;
+    }
     s.bind(&addr.into())?;
     s.listen(1024)?;
     s.set_nonblocking(true)?;
@@ -84,11 +94,41 @@ fn echo(c: &mut Conn, t: Token, buf: &mut [u8], reg: &Registry) -> io::Result<bo
 }
 
 fn main() -> io::Result<()> {
-    let addr = addr_arg();
+    let (addr, threads) = args();
+    if threads <= 1 {
+        let lis = listener(addr, false)?;
+        let udp = UdpSocket::bind(lis.local_addr()?)?;
+        return serve(lis, udp);
+    }
+    // The first listener picks the port (if 0); the others bind the same one.
+    let first = listener(addr, true)?;
+    let addr = first.local_addr()?;
+    let mut sockets = vec![(first, udp_reuse_port(addr)?)];
+    for _ in 1..threads {
+        sockets.push((listener(addr, true)?, udp_reuse_port(addr)?));
+    }
+    let workers: Vec<_> = sockets
+        .into_iter()
+        .map(|(l, u)| std::thread::spawn(move || serve(l, u)))
+        .collect();
+    for w in workers {
+        w.join().expect("worker panicked")?;
+    }
+    Ok(())
+}
+
+fn udp_reuse_port(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
+    s.set_reuse_port(true)?;
+    s.bind(&addr.into())?;
+    s.set_nonblocking(true)?;
+    Ok(UdpSocket::from_std(s.into()))
+}
+
+/// One loop: accepts from `lis`, echoes TCP and UDP, until killed.
+fn serve(mut lis: TcpListener, mut udp: UdpSocket) -> io::Result<()> {
     let mut poll = Poll::new()?;
     let mut events = Events::with_capacity(1024);
-    let mut lis = listener(addr)?;
-    let mut udp = UdpSocket::bind(lis.local_addr()?)?;
     poll.registry()
         .register(&mut lis, LISTENER, Interest::READABLE)?;
     poll.registry()

@@ -18,7 +18,7 @@
 
 mod common;
 
-use evloop::{Addr, Context, EventLoop, Handler, UdpId};
+use evloop::{Addr, Context, EventLoop, Handler, TimerId, UdpId};
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{BufRead, Write};
@@ -52,20 +52,26 @@ fn valid_name(name: &str) -> bool {
         && !name.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
-fn send(cx: &mut Context<'_>, socket: UdpId, data: &[u8], to: &Addr) {
+fn send<H: Handler>(cx: &mut Context<'_, H>, socket: UdpId, data: &[u8], to: &Addr) {
     if let Err(e) = cx.send_to(socket, data, to) {
         log::debug!("send to {to}: {e}"); // e.g. the queue is full: drop it, as UDP does
     }
 }
 
 impl Server {
-    fn reply(&mut self, cx: &mut Context<'_>, socket: UdpId, to: &Addr, args: fmt::Arguments<'_>) {
+    fn reply(
+        &mut self,
+        cx: &mut Context<'_, Self>,
+        socket: UdpId,
+        to: &Addr,
+        args: fmt::Arguments<'_>,
+    ) {
         fill(&mut self.out, args);
         send(cx, socket, &self.out, to);
     }
 
     /// Handles one datagram's text from `from`.
-    fn on_text(&mut self, cx: &mut Context<'_>, socket: UdpId, from: &Addr, text: &str) {
+    fn on_text(&mut self, cx: &mut Context<'_, Self>, socket: UdpId, from: &Addr, text: &str) {
         let Some(command) = text.strip_prefix('/') else {
             return self.say(cx, socket, from, text);
         };
@@ -98,7 +104,7 @@ impl Server {
     }
 
     /// Text: to every other peer heard from within the expiry, formatted once.
-    fn say(&mut self, cx: &mut Context<'_>, socket: UdpId, from: &Addr, text: &str) {
+    fn say(&mut self, cx: &mut Context<'_, Self>, socket: UdpId, from: &Addr, text: &str) {
         let Some(me) = self.peers.get(from) else {
             return self.reply(cx, socket, from, format_args!("ERR join first"));
         };
@@ -116,7 +122,9 @@ impl Server {
 }
 
 impl Handler for Server {
-    fn on_datagram(&mut self, cx: &mut Context<'_>, socket: UdpId, data: &[u8], from: &Addr) {
+    type Conn = (); // no connections: datagrams only
+
+    fn on_datagram(&mut self, cx: &mut Context<'_, Self>, socket: UdpId, data: &[u8], from: &Addr) {
         if let Some(peer) = self.peers.get_mut(from) {
             peer.seen = cx.now();
         }
@@ -133,7 +141,7 @@ impl Handler for Server {
     }
 
     /// The repeating timer: forget the peers not heard from within the expiry.
-    fn on_timer(&mut self, cx: &mut Context<'_>, _timer: evloop::TimerId) {
+    fn on_timer(&mut self, cx: &mut Context<'_, Self>, _timer: TimerId) {
         let (now, expiry) = (cx.now(), self.expiry);
         self.peers.retain(|addr, peer| {
             let keep = now.duration_since(peer.seen) < expiry;
@@ -149,7 +157,9 @@ impl Handler for Server {
 struct Client;
 
 impl Handler for Client {
-    fn on_datagram(&mut self, _cx: &mut Context<'_>, _socket: UdpId, data: &[u8], _from: &Addr) {
+    type Conn = ();
+
+    fn on_datagram(&mut self, _: &mut Context<'_, Self>, _: UdpId, data: &[u8], _: &Addr) {
         let text = String::from_utf8_lossy(data.strip_suffix(b"\n").unwrap_or(data));
         let _ = writeln!(std::io::stdout(), "{text}"); // not println!: no panic on EPIPE
     }
@@ -172,7 +182,7 @@ fn run_client(server: SocketAddr) -> std::io::Result<()> {
     std::thread::spawn(move || {
         for line in std::io::stdin().lock().split(b'\n') {
             let Ok(line) = line else { break };
-            let task = move |_: &mut Client, cx: &mut Context<'_>| {
+            let task = move |_: &mut Client, cx: &mut Context<'_, Client>| {
                 send(cx, socket, &line, &server.into());
             };
             if handle.post(task).is_err() {
@@ -231,6 +241,6 @@ fn main() -> std::io::Result<()> {
     log::info!("udp_chat listening on {}", cx.udp_addr(socket)?);
     // Sweep a few times per expiry (at most every second), so the silent go soon after it.
     cx.set_interval((args.expiry / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)));
-    el.watch_signals(&[libc::SIGINT, libc::SIGTERM])?;
+    el.shutdown_on_signals(Duration::from_secs(5))?;
     el.run()
 }

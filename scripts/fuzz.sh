@@ -3,6 +3,10 @@
 #
 #   scripts/fuzz.sh [SECONDS]    # per target, default 30
 #
+# The targets are the [[bin]]s of fuzz/Cargo.toml (`cargo fuzz list`): line_decoder and
+# length_decoder (`feed`, against a model), line_decode and length_decode (`decode` on a
+# loop's kept input, against `feed`), decode_with (against a model).
+#
 # Installs cargo-fuzz from crates.io if it is missing. cargo-fuzz passes
 # nightly-only flags (-Zsanitizer=address, ...) to rustc; RUSTC_BOOTSTRAP=1
 # lets the stable toolchain accept them. Exits non-zero if any target crashes

@@ -211,6 +211,23 @@ impl Conn {
         }
     }
 
+    /// The fast path of `send`: with nothing queued, one `send(2)`. `Ok(n)`: the kernel took
+    /// all `n` bytes. `Err(written)`: it took only `written` (maybe 0), or bytes are queued,
+    /// or the send failed: pass the rest to `send`, which retries and queues (a failure
+    /// repeats there and is reported; a second call after a partial write most likely
+    /// blocks: the price of keeping this path small).
+    #[inline]
+    pub(crate) fn send_now(&mut self, data: &[u8]) -> Result<usize, usize> {
+        if !self.out.is_empty() || self.state != State::Open {
+            return Err(0);
+        }
+        match self.stream.send(data) {
+            Ok(n) if n == data.len() => Ok(n),
+            Ok(n) => Err(n),
+            Err(_) => Err(0),
+        }
+    }
+
     /// Buffered sendall: write now if nothing is queued, queue the rest in order (as a copy,
     /// or as `shared` without one when given). Check `accepts_output` first.
     #[inline]

@@ -117,7 +117,7 @@ impl<H: Handler> Context<'_, H> {
     }
 
     /// Shuts our write side (FIN) once the queue drains, and keeps reading: the other half
-    /// of a half-close. Later sends return `false`.
+    /// of a half-close. Later sends fail with [`SendError::WriteShut`].
     pub fn shutdown_write(&mut self, conn: ConnId) {
         if let Some(c) = self.core.conn_mut(conn.0) {
             c.shutdown_write();

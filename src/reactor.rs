@@ -163,6 +163,7 @@ impl<H: Handler> EventLoop<H> {
 
     /// The state of connection `conn`, if it is open (between ticks).
     pub fn conn_state(&mut self, conn: ConnId) -> Option<&mut H::Conn> {
+        dispatch::settle(&mut self.core, &mut self.user);
         self.core.conn_mut(conn.0)?;
         self.user.states.get_mut(conn.slot())?.as_mut()
     }
@@ -243,8 +244,9 @@ impl<H: Handler> EventLoop<H> {
         if !core.closing.is_empty() {
             dispatch::reap(core, user);
         }
-        // 7. A graceful shutdown ends when the last connection and lingering socket have gone.
-        if core.shutdown_done() {
+        // 7. A graceful shutdown ends when the last connection and lingering socket have gone
+        // (and no deferred work is left).
+        if core.shutdown_done() && user.pending.deferred.is_empty() {
             if let Some(t) = core.shutdown.take().and_then(|s| s.timer) {
                 core.timers.cancel(t);
             }
@@ -265,6 +267,7 @@ impl<H: Handler> EventLoop<H> {
             };
             if !self.core.ready.is_empty()
                 || !self.core.ready_write.is_empty()
+
                 || !self.core.closing.is_empty()
                 || !self.user.pending.deferred.is_empty()
             {

@@ -64,7 +64,9 @@ impl fmt::Display for CloseReason {
 }
 
 /// Why [`Context::send`](crate::Context::send) refused bytes. Nothing of a refused send is
-/// queued or written.
+/// queued. For `OutputLimit` the connection is closed, and as the kernel may already have
+/// taken the start of those bytes, it is reset (RST), never closed with a FIN that would let
+/// the peer take the cut-off stream for a complete one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SendError {

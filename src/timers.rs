@@ -52,7 +52,7 @@ impl TimerId {
 /// # Examples
 ///
 /// ```
-/// # use evloop::timers::Timers;
+/// # use evloop::internals::Timers;
 /// use std::time::{Duration, Instant};
 ///
 /// let start = Instant::now();

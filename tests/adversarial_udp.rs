@@ -28,7 +28,8 @@ enum Ev {
 struct UdpProbe(Sender<Ev>);
 
 impl Handler for UdpProbe {
-    fn on_datagram(&mut self, cx: &mut Context<'_>, socket: UdpId, data: &[u8], from: &Addr) {
+    type Conn = ();
+    fn on_datagram(&mut self, cx: &mut Context<'_, Self>, socket: UdpId, data: &[u8], from: &Addr) {
         let _ = self.0.send(Ev::Datagram(data.len()));
         let text = std::str::from_utf8(data).unwrap_or("");
         if let Some(n) = text.strip_prefix("big:") {

@@ -11,8 +11,16 @@ use support::*;
 
 struct Echo;
 impl Handler for Echo {
-    fn on_data(&mut self, cx: &mut Context<'_>, conn: ConnId, data: &[u8]) {
-        cx.send(conn, data);
+    type Conn = ();
+    fn on_data(
+        &mut self,
+        cx: &mut Context<'_, Self>,
+        conn: ConnId,
+        _: &mut (),
+        data: &[u8],
+    ) -> usize {
+        let _ = cx.send(conn, data);
+        data.len()
     }
 }
 

@@ -6,7 +6,7 @@ mod support;
 
 use std::io::Read;
 use support::chat_user::User;
-use support::{Example, start_example};
+use support::{DEADLINE, Example, start_example};
 
 fn chat() -> Example {
     start_example("chat", &["--addr", "127.0.0.1:0"])
@@ -166,4 +166,47 @@ fn bad_input_gets_err_and_the_connection_stays() {
     assert_eq!(a.expect_err(), "ERR unknown command /nope");
     a.say("still here");
     b.expect("[alice] still here");
+}
+
+/// SIGTERM starts a graceful shutdown (`shutdown_on_signals`): every user is closed with
+/// FIN after what was queued for them, and the process exits cleanly.
+#[test]
+fn sigterm_closes_every_user_and_exits() {
+    let mut ex = chat();
+    let mut a = User::join(ex.addr, "alice");
+    let mut b = User::join(ex.addr, "bob");
+    a.skip_until("* guest2 is now bob");
+    b.say("last words");
+    a.expect("[bob] last words");
+    sigterm(&ex);
+    for mut user in [a, b] {
+        let mut rest = Vec::new();
+        user.r.read_to_end(&mut rest).expect("EOF, not a reset");
+    } // closed: the server need not linger for them
+    exits_cleanly(&mut ex);
+}
+
+/// Sends SIGTERM to the example.
+fn sigterm(ex: &Example) {
+    let pid = ex.child.id().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    assert!(kill.unwrap().success());
+}
+
+/// Waits, within the deadline, for the example to exit cleanly: its stderr closes, then
+/// its status is success.
+fn exits_cleanly(ex: &mut Example) {
+    let end = std::time::Instant::now() + DEADLINE;
+    loop {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        match ex.log.recv_timeout(left) {
+            Ok(_) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(e) => panic!("still running {DEADLINE:?} after SIGTERM: {e}"),
+        }
+    }
+    let status = ex.child.wait().unwrap();
+    assert!(status.success(), "exited with {status}");
 }

@@ -41,18 +41,27 @@ struct Churn {
 const CLOSE: u8 = b'!';
 
 impl Handler for Churn {
-    fn on_open(&mut self, _cx: &mut Context<'_>, _conn: ConnId) {
+    type Conn = ();
+
+    fn on_open(&mut self, _cx: &mut Context<'_, Self>, _conn: ConnId, _: &mut ()) {
         self.opened += 1;
     }
 
-    fn on_data(&mut self, cx: &mut Context<'_>, conn: ConnId, data: &[u8]) {
-        cx.send(conn, data);
+    fn on_data(
+        &mut self,
+        cx: &mut Context<'_, Self>,
+        conn: ConnId,
+        _: &mut (),
+        data: &[u8],
+    ) -> usize {
+        let _ = cx.send(conn, data);
         if data.last() == Some(&CLOSE) {
             cx.close(conn);
         }
+        data.len()
     }
 
-    fn on_close(&mut self, cx: &mut Context<'_>, _conn: ConnId, reason: &CloseReason) {
+    fn on_close(&mut self, cx: &mut Context<'_, Self>, _conn: ConnId, _: (), reason: &CloseReason) {
         match reason {
             CloseReason::Local => self.local += 1,
             CloseReason::PeerClosed => self.peer_closed += 1,

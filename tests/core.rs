@@ -3,7 +3,7 @@
 
 mod support;
 
-use evloop::{Addr, CloseReason, Config, ConnId, Context, EventLoop, Handler, UdpId};
+use evloop::{Addr, CloseReason, Config, ConnId, Context, EventLoop, Handler, SendError, UdpId};
 use socket2::SockRef;
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
@@ -35,21 +35,32 @@ impl Recorder {
 }
 
 impl Handler for Recorder {
-    fn on_open(&mut self, _cx: &mut Context<'_>, conn: ConnId) {
+    type Conn = ();
+    fn on_open(&mut self, _cx: &mut Context<'_, Self>, conn: ConnId, _: &mut ()) {
         let _ = self.tx.send(Ev::Open(conn));
     }
-    fn on_data(&mut self, cx: &mut Context<'_>, conn: ConnId, data: &[u8]) {
+    fn on_data(
+        &mut self,
+        cx: &mut Context<'_, Self>,
+        conn: ConnId,
+        _: &mut (),
+        data: &[u8],
+    ) -> usize {
         let _ = self.tx.send(Ev::Data);
-        cx.send(conn, data);
+        let _ = cx.send(conn, data);
+        data.len()
     }
-    fn on_close(&mut self, _cx: &mut Context<'_>, conn: ConnId, reason: &CloseReason) {
+    fn on_close(&mut self, _cx: &mut Context<'_, Self>, conn: ConnId, _: (), reason: &CloseReason) {
         *self.closes.entry(conn).or_default() += 1;
         let peer = matches!(reason, CloseReason::PeerClosed);
         let _ = self.tx.send(Ev::Close(conn, reason.to_string(), peer));
     }
 }
 
-fn start<H: Handler + Send + 'static>(h: H, config: Config) -> (Running<H>, SocketAddr) {
+fn start<H: Handler + Send + 'static>(h: H, config: Config) -> (Running<H>, SocketAddr)
+where
+    H::Conn: Send,
+{
     let mut el = EventLoop::with_config(h, config).unwrap();
     let l = el.listen(localhost()).unwrap();
     let addr = el.context().listener_addr(l).unwrap().as_inet().unwrap();
@@ -122,7 +133,8 @@ fn listeners_bind_ipv4_and_ipv6_on_port_zero() {
 fn accept_budget_leftovers_are_accepted_next_tick() {
     struct Opens(Sender<bool>);
     impl Handler for Opens {
-        fn on_open(&mut self, cx: &mut Context<'_>, conn: ConnId) {
+        type Conn = ();
+        fn on_open(&mut self, cx: &mut Context<'_, Self>, conn: ConnId, _: &mut ()) {
             let nodelay = cx.socket(conn).unwrap().tcp_nodelay().unwrap();
             let _ = self.0.send(nodelay);
         }
@@ -156,18 +168,27 @@ fn flooding_client_does_not_starve_another() {
         .unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop2 = stop.clone();
+    let (under_way, flooding) = channel();
     let flood = std::thread::spawn(move || {
         let chunk = vec![7u8; 64 * 1024];
         let mut sent = 0usize;
         while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
             match flooder.write(&chunk) {
-                Ok(n) => sent += n,
+                Ok(n) => {
+                    sent += n;
+                    if sent > 1 << 20 {
+                        let _ = under_way.send(());
+                    }
+                }
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
                 Err(e) => panic!("flooder: {e}"),
             }
         }
         sent
     });
+    // The round trips start once the flood is under way (on a loaded machine the flooder's
+    // thread may otherwise not run before they are done).
+    recv(&flooding);
     let mut c = client(addr);
     let mut worst = Duration::ZERO;
     for i in 0..200u32 {
@@ -193,16 +214,23 @@ fn sendall_16_mib_through_a_tiny_send_buffer_then_close() {
         tx: Sender<String>,
     }
     impl Handler for Sender16 {
-        fn on_open(&mut self, cx: &mut Context<'_>, conn: ConnId) {
+        type Conn = ();
+        fn on_open(&mut self, cx: &mut Context<'_, Self>, conn: ConnId, _: &mut ()) {
             cx.socket(conn).unwrap().set_send_buffer_size(4096).unwrap();
-            assert!(cx.send(conn, &self.data));
+            cx.send(conn, &self.data).unwrap();
             assert!(
                 cx.queued(conn).unwrap() > 0,
                 "a tiny buffer can't take 16 MiB"
             );
             cx.close(conn);
         }
-        fn on_close(&mut self, _cx: &mut Context<'_>, _conn: ConnId, reason: &CloseReason) {
+        fn on_close(
+            &mut self,
+            _cx: &mut Context<'_, Self>,
+            _conn: ConnId,
+            _: (),
+            reason: &CloseReason,
+        ) {
             let _ = self.tx.send(reason.to_string());
         }
     }
@@ -230,7 +258,8 @@ fn sendall_16_mib_through_a_tiny_send_buffer_then_close() {
     assert_eq!(got.len(), data.len());
     assert!(got == *data, "bytes differ");
     assert_eq!(recv(&rx), "closed");
-    drop(server);
+    let el = server.stop();
+    assert_eq!(el.stats().panics, 0, "the handler's assertions held");
 }
 
 /// abort drops the queue and resets: the peer does not get everything, and sees a reset.
@@ -238,10 +267,18 @@ fn sendall_16_mib_through_a_tiny_send_buffer_then_close() {
 fn abort_drops_the_queue_and_resets() {
     struct Aborter;
     impl Handler for Aborter {
-        fn on_data(&mut self, cx: &mut Context<'_>, conn: ConnId, _data: &[u8]) {
+        type Conn = ();
+        fn on_data(
+            &mut self,
+            cx: &mut Context<'_, Self>,
+            conn: ConnId,
+            _: &mut (),
+            data: &[u8],
+        ) -> usize {
             cx.socket(conn).unwrap().set_send_buffer_size(4096).unwrap();
-            cx.send(conn, &vec![1u8; 8 << 20]);
+            let _ = cx.send(conn, &vec![1u8; 8 << 20]);
             cx.abort(conn);
+            data.len()
         }
     }
     let (server, addr) = start(Aborter, Config::default());
@@ -273,26 +310,34 @@ fn reused_slot_gets_nothing_of_the_dead_connection() {
         tx: Option<Sender<ConnId>>,
     }
     impl Handler for Killer {
-        fn on_open(&mut self, cx: &mut Context<'_>, conn: ConnId) {
+        type Conn = ();
+        fn on_open(&mut self, cx: &mut Context<'_, Self>, conn: ConnId, _: &mut ()) {
             self.conns.push(conn);
             if self.conns.len() == 2 {
                 // B: stop reading it, and queue output it never takes.
                 cx.pause_read(conn);
                 cx.socket(conn).unwrap().set_send_buffer_size(4096).unwrap();
-                cx.send(conn, &vec![b'B'; 1 << 20]);
+                let _ = cx.send(conn, &vec![b'B'; 1 << 20]);
                 assert!(cx.queued(conn).unwrap() > 0);
             }
             let _ = self.tx.as_ref().unwrap().send(conn);
         }
-        fn on_data(&mut self, cx: &mut Context<'_>, conn: ConnId, data: &[u8]) {
+        fn on_data(
+            &mut self,
+            cx: &mut Context<'_, Self>,
+            conn: ConnId,
+            _: &mut (),
+            data: &[u8],
+        ) -> usize {
             self.data.push((conn, data.to_vec()));
             if data == b"kill" {
                 let b = self.conns[1];
                 cx.close(b); // graceful, but B never reads: stays queued ...
                 cx.abort(b); // ... so abort it: the queue goes, the slot is freed at tick end
             } else {
-                cx.send(conn, data);
+                let _ = cx.send(conn, data);
             }
+            data.len()
         }
     }
     let (tx, rx) = channel();
@@ -341,13 +386,15 @@ fn reused_slot_gets_nothing_of_the_dead_connection() {
         .collect();
     assert_eq!(c_data, vec![&b"hello C".to_vec()]);
     assert!(h.conns.contains(&a_id));
+    assert_eq!(el.stats().panics, 0, "the handler's assertions held");
 }
 
 #[test]
 fn udp_datagrams_arrive_with_their_sender_and_empty_ones_count() {
     struct UdpEcho(Sender<(Vec<u8>, Addr)>);
     impl Handler for UdpEcho {
-        fn on_datagram(&mut self, cx: &mut Context<'_>, s: UdpId, data: &[u8], from: &Addr) {
+        type Conn = ();
+        fn on_datagram(&mut self, cx: &mut Context<'_, Self>, s: UdpId, data: &[u8], from: &Addr) {
             let _ = self.0.send((data.to_vec(), from.clone()));
             cx.send_to(s, data, from).unwrap();
         }
@@ -384,7 +431,8 @@ fn udp_datagrams_arrive_with_their_sender_and_empty_ones_count() {
 fn udp_burst_is_sent_in_order() {
     struct Burst;
     impl Handler for Burst {
-        fn on_datagram(&mut self, cx: &mut Context<'_>, s: UdpId, _data: &[u8], from: &Addr) {
+        type Conn = ();
+        fn on_datagram(&mut self, cx: &mut Context<'_, Self>, s: UdpId, _data: &[u8], from: &Addr) {
             for i in 0..500u32 {
                 let mut msg = vec![0u8; 1000];
                 msg[..4].copy_from_slice(&i.to_le_bytes());
@@ -423,13 +471,21 @@ fn one_loop_serves_several_listeners_and_udp_sockets() {
         sockets: Vec<UdpId>,
     }
     impl Handler for Tagged {
-        fn on_data(&mut self, cx: &mut Context<'_>, conn: ConnId, data: &[u8]) {
+        type Conn = ();
+        fn on_data(
+            &mut self,
+            cx: &mut Context<'_, Self>,
+            conn: ConnId,
+            _: &mut (),
+            data: &[u8],
+        ) -> usize {
             let l = cx.listener_of(conn).unwrap();
             let i = self.listeners.iter().position(|x| *x == l).unwrap();
-            cx.send(conn, format!("tcp{i}:").as_bytes());
-            cx.send(conn, data);
+            let _ = cx.send(conn, format!("tcp{i}:").as_bytes());
+            let _ = cx.send(conn, data);
+            data.len()
         }
-        fn on_datagram(&mut self, cx: &mut Context<'_>, s: UdpId, data: &[u8], from: &Addr) {
+        fn on_datagram(&mut self, cx: &mut Context<'_, Self>, s: UdpId, data: &[u8], from: &Addr) {
             let i = self.sockets.iter().position(|x| *x == s).unwrap();
             let reply = [format!("udp{i}:").as_bytes(), data].concat();
             cx.send_to(s, &reply, from).unwrap();
@@ -478,7 +534,14 @@ fn close_callback_runs_once_whoever_closes() {
         tx: Sender<()>,
     }
     impl Handler for Closer {
-        fn on_data(&mut self, cx: &mut Context<'_>, conn: ConnId, data: &[u8]) {
+        type Conn = ();
+        fn on_data(
+            &mut self,
+            cx: &mut Context<'_, Self>,
+            conn: ConnId,
+            _: &mut (),
+            data: &[u8],
+        ) -> usize {
             match data {
                 b"close" => {
                     cx.close(conn);
@@ -491,16 +554,32 @@ fn close_callback_runs_once_whoever_closes() {
                 }
                 b"flood" => {
                     cx.socket(conn).unwrap().set_send_buffer_size(4096).unwrap();
-                    while cx.send(conn, &[0u8; 65536]) {}
+                    let refused = loop {
+                        if let Err(e) = cx.send(conn, &[0u8; 65536]) {
+                            break e;
+                        }
+                    };
+                    assert_eq!(refused, SendError::OutputLimit);
                     cx.close(conn);
                 }
                 _ => {
-                    cx.send(conn, data);
+                    let _ = cx.send(conn, data);
                 }
             }
+            data.len()
         }
-        fn on_close(&mut self, cx: &mut Context<'_>, conn: ConnId, reason: &CloseReason) {
-            assert!(!cx.send(conn, b"too late"), "a closed id takes no bytes");
+        fn on_close(
+            &mut self,
+            cx: &mut Context<'_, Self>,
+            conn: ConnId,
+            _: (),
+            reason: &CloseReason,
+        ) {
+            assert_eq!(
+                cx.send(conn, b"too late"),
+                Err(SendError::Closed),
+                "a closed id takes no bytes"
+            );
             self.closes
                 .entry(conn)
                 .or_default()
@@ -551,6 +630,7 @@ fn close_callback_runs_once_whoever_closes() {
         ]
     );
     assert_eq!(el.stats().connections_open, 0);
+    assert_eq!(el.stats().panics, 0, "the handler's assertions held");
 }
 
 /// The peer writes after our clean close finished (its reply is still unread in its
@@ -563,11 +643,25 @@ fn peer_writing_after_a_clean_close_loses_nothing() {
         tx: Sender<()>,
     }
     impl Handler for CloseAfterReply {
-        fn on_data(&mut self, cx: &mut Context<'_>, conn: ConnId, _data: &[u8]) {
-            cx.send(conn, &self.reply);
+        type Conn = ();
+        fn on_data(
+            &mut self,
+            cx: &mut Context<'_, Self>,
+            conn: ConnId,
+            _: &mut (),
+            data: &[u8],
+        ) -> usize {
+            let _ = cx.send(conn, &self.reply);
             cx.close(conn);
+            data.len()
         }
-        fn on_close(&mut self, _cx: &mut Context<'_>, _conn: ConnId, reason: &CloseReason) {
+        fn on_close(
+            &mut self,
+            _cx: &mut Context<'_, Self>,
+            _conn: ConnId,
+            _: (),
+            reason: &CloseReason,
+        ) {
             assert!(reason.is_clean(), "{reason}");
             let _ = self.tx.send(());
         }
@@ -589,4 +683,5 @@ fn peer_writing_after_a_clean_close_loses_nothing() {
     }
     let el = server.stop();
     assert_eq!(el.stats().closed.local, 5);
+    assert_eq!(el.stats().panics, 0, "the handler's assertions held");
 }

@@ -318,3 +318,45 @@ fn file_client_reports_a_missing_file_and_a_refused_connection() {
     assert!(stderr.contains("refused"), "stderr: {stderr}");
     assert!(!out.exists());
 }
+
+/// SIGTERM starts a graceful shutdown (`shutdown_on_signals`): a connected client is closed
+/// with FIN, and the process exits cleanly.
+#[test]
+fn sigterm_closes_clients_and_exits() {
+    let dir = TempDir::new("fs-sigterm");
+    let ok = dir.file("ok", b"fine\n");
+    let mut server = server(dir.path());
+    let mut c = Client::new(server.addr);
+    assert_eq!(c.get("ok").unwrap(), ok);
+    sigterm(&server);
+    let mut rest = Vec::new();
+    c.0.read_to_end(&mut rest).expect("EOF, not a reset");
+    assert!(rest.is_empty(), "{rest:?}");
+    drop(c); // closed: the server need not linger for it
+    exits_cleanly(&mut server);
+}
+
+/// Sends SIGTERM to the example.
+fn sigterm(ex: &Example) {
+    let pid = ex.child.id().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    assert!(kill.unwrap().success());
+}
+
+/// Waits, within the deadline, for the example to exit cleanly: its stderr closes, then
+/// its status is success.
+fn exits_cleanly(ex: &mut Example) {
+    let end = std::time::Instant::now() + DEADLINE;
+    loop {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        match ex.log.recv_timeout(left) {
+            Ok(_) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(e) => panic!("still running {DEADLINE:?} after SIGTERM: {e}"),
+        }
+    }
+    let status = ex.child.wait().unwrap();
+    assert!(status.success(), "exited with {status}");
+}

@@ -4,7 +4,7 @@
 
 mod support;
 
-use evloop::{CloseReason, Config, ConnId, Context, EventLoop, Handler};
+use evloop::{CloseReason, Config, ConnId, Context, EventLoop, Handler, SendError};
 use socket2::SockRef;
 use std::io::{ErrorKind, Read, Write};
 use std::mem::MaybeUninit;
@@ -15,7 +15,10 @@ use std::sync::mpsc::{Sender, TryRecvError, channel};
 use std::time::Duration;
 use support::*;
 
-fn start<H: Handler + Send + 'static>(h: H, config: Config) -> (Running<H>, SocketAddr) {
+fn start<H: Handler + Send + 'static>(h: H, config: Config) -> (Running<H>, SocketAddr)
+where
+    H::Conn: Send,
+{
     let mut el = EventLoop::with_config(h, config).unwrap();
     let l = el.listen(localhost()).unwrap();
     let addr = el.context().listener_addr(l).unwrap().as_inet().unwrap();
@@ -30,6 +33,7 @@ fn reason_name(reason: &CloseReason) -> &'static str {
         CloseReason::Error(_) => "error",
         CloseReason::IdleTimeout => "idle_timeout",
         CloseReason::OutputLimit => "output_limit",
+        CloseReason::InputLimit => "input_limit",
         CloseReason::ConnectFailed(_) => "connect_failed",
         CloseReason::ConnectTimeout => "connect_timeout",
         CloseReason::Shutdown => "shutdown",
@@ -56,10 +60,11 @@ struct Producer {
 }
 
 impl Producer {
-    fn pump(&mut self, cx: &mut Context<'_>, conn: ConnId) {
+    fn pump(&mut self, cx: &mut Context<'_, Self>, conn: ConnId) {
         while self.sent < self.data.len() && !cx.is_congested(conn) {
             let end = (self.sent + self.chunk).min(self.data.len());
-            assert!(cx.send(conn, &self.data[self.sent..end]), "send refused");
+            cx.send(conn, &self.data[self.sent..end])
+                .expect("send refused");
             self.sent = end;
             self.max_queued = self.max_queued.max(cx.queued(conn).unwrap());
         }
@@ -70,7 +75,8 @@ impl Producer {
 }
 
 impl Handler for Producer {
-    fn on_open(&mut self, cx: &mut Context<'_>, conn: ConnId) {
+    type Conn = ();
+    fn on_open(&mut self, cx: &mut Context<'_, Self>, conn: ConnId, _: &mut ()) {
         // A small kernel buffer, so that our own queue does the buffering.
         cx.set_send_buffer_size(conn, 16 * 1024).unwrap();
         if let Some((high, low, max)) = self.limits {
@@ -78,13 +84,19 @@ impl Handler for Producer {
         }
         self.pump(cx, conn);
     }
-    fn on_drain(&mut self, cx: &mut Context<'_>, conn: ConnId) {
+    fn on_drain(&mut self, cx: &mut Context<'_, Self>, conn: ConnId, _: &mut ()) {
         self.drains += 1;
         self.max_queued_at_drain = self.max_queued_at_drain.max(cx.queued(conn).unwrap());
         assert!(!cx.is_congested(conn), "on_drain while still congested");
         self.pump(cx, conn);
     }
-    fn on_close(&mut self, _cx: &mut Context<'_>, _conn: ConnId, reason: &CloseReason) {
+    fn on_close(
+        &mut self,
+        _cx: &mut Context<'_, Self>,
+        _conn: ConnId,
+        _: (),
+        reason: &CloseReason,
+    ) {
         let _ = self.tx.send(reason_name(reason));
     }
 }
@@ -208,13 +220,27 @@ struct PauseRec {
 }
 
 impl Handler for PauseRec {
-    fn on_open(&mut self, _cx: &mut Context<'_>, conn: ConnId) {
+    type Conn = ();
+    fn on_open(&mut self, _cx: &mut Context<'_, Self>, conn: ConnId, _: &mut ()) {
         let _ = self.tx.send(PauseEv::Open(conn));
     }
-    fn on_data(&mut self, _cx: &mut Context<'_>, _conn: ConnId, data: &[u8]) {
+    fn on_data(
+        &mut self,
+        _cx: &mut Context<'_, Self>,
+        _conn: ConnId,
+        _: &mut (),
+        data: &[u8],
+    ) -> usize {
         let _ = self.tx.send(PauseEv::Data(data.to_vec()));
+        data.len()
     }
-    fn on_close(&mut self, _cx: &mut Context<'_>, _conn: ConnId, _reason: &CloseReason) {
+    fn on_close(
+        &mut self,
+        _cx: &mut Context<'_, Self>,
+        _conn: ConnId,
+        _: (),
+        _reason: &CloseReason,
+    ) {
         let _ = self.tx.send(PauseEv::Close);
     }
 }
@@ -302,20 +328,34 @@ struct MeasuredEcho {
 }
 
 impl Handler for MeasuredEcho {
-    fn on_open(&mut self, cx: &mut Context<'_>, conn: ConnId) {
+    type Conn = ();
+    fn on_open(&mut self, cx: &mut Context<'_, Self>, conn: ConnId, _: &mut ()) {
         cx.set_recv_buffer_size(conn, 64 * 1024).unwrap();
         cx.set_send_buffer_size(conn, 64 * 1024).unwrap();
         let _ = self.tx.send(conn);
     }
-    fn on_data(&mut self, cx: &mut Context<'_>, conn: ConnId, data: &[u8]) {
-        assert!(cx.send(conn, data));
+    fn on_data(
+        &mut self,
+        cx: &mut Context<'_, Self>,
+        conn: ConnId,
+        _: &mut (),
+        data: &[u8],
+    ) -> usize {
+        cx.send(conn, data).unwrap();
         let q = cx.queued(conn).unwrap();
         self.max_queued.fetch_max(q, Ordering::SeqCst);
         if cx.is_congested(conn) {
             self.congested.store(true, Ordering::SeqCst);
         }
+        data.len()
     }
-    fn on_close(&mut self, _cx: &mut Context<'_>, conn: ConnId, _reason: &CloseReason) {
+    fn on_close(
+        &mut self,
+        _cx: &mut Context<'_, Self>,
+        conn: ConnId,
+        _: (),
+        _reason: &CloseReason,
+    ) {
         let _ = self.tx.send(conn);
     }
 }
@@ -390,8 +430,9 @@ fn congestion_pauses_reading_so_a_client_that_never_reads_is_blocked() {
 
 #[derive(Debug)]
 enum FloodEv {
-    /// (max queued seen, queued before the refused send, open after it, sends accepted)
-    Flooded(usize, usize, bool, usize),
+    /// (max queued seen, queued before the refused send, why it was refused, open after it,
+    /// sends accepted)
+    Flooded(usize, usize, SendError, bool, usize),
     Closed(&'static str),
 }
 
@@ -404,7 +445,8 @@ struct Flood {
 const FLOOD_CHUNK: usize = 64 * 1024;
 
 impl Handler for Flood {
-    fn on_open(&mut self, cx: &mut Context<'_>, conn: ConnId) {
+    type Conn = ();
+    fn on_open(&mut self, cx: &mut Context<'_, Self>, conn: ConnId, _: &mut ()) {
         cx.set_send_buffer_size(conn, 32 * 1024).unwrap();
         if let Some((high, low, max)) = self.limits {
             assert!(cx.set_output_limits(conn, high, low, max));
@@ -413,11 +455,11 @@ impl Handler for Flood {
         let (mut max_queued, mut sends) = (0, 0);
         loop {
             let before = cx.queued(conn).unwrap();
-            if !cx.send(conn, &chunk) {
+            if let Err(why) = cx.send(conn, &chunk) {
                 let open = cx.is_open(conn);
                 let _ = self
                     .tx
-                    .send(FloodEv::Flooded(max_queued, before, open, sends));
+                    .send(FloodEv::Flooded(max_queued, before, why, open, sends));
                 return;
             }
             sends += 1;
@@ -425,7 +467,13 @@ impl Handler for Flood {
             max_queued = max_queued.max(cx.queued(conn).unwrap());
         }
     }
-    fn on_close(&mut self, _cx: &mut Context<'_>, _conn: ConnId, reason: &CloseReason) {
+    fn on_close(
+        &mut self,
+        _cx: &mut Context<'_, Self>,
+        _conn: ConnId,
+        _: (),
+        reason: &CloseReason,
+    ) {
         let _ = self.tx.send(FloodEv::Closed(reason_name(reason)));
     }
 }
@@ -434,10 +482,11 @@ fn flood(config: Config, limits: Option<(usize, usize, usize)>, cap: usize) {
     let (tx, rx) = channel();
     let (server, addr) = start(Flood { limits, tx }, config);
     let mut c = client(addr);
-    let FloodEv::Flooded(max_queued, before, open, sends) = recv(&rx) else {
+    let FloodEv::Flooded(max_queued, before, why, open, sends) = recv(&rx) else {
         panic!("expected the flood report")
     };
     assert!(sends > 0);
+    assert_eq!(why, SendError::OutputLimit, "refused for the cap");
     assert!(max_queued <= cap, "queue grew to {max_queued} > cap {cap}");
     assert!(
         before + FLOOD_CHUNK > cap,
@@ -445,8 +494,13 @@ fn flood(config: Config, limits: Option<(usize, usize, usize)>, cap: usize) {
     );
     assert!(!open, "still open after passing the cap");
     assert!(matches!(recv(&rx), FloodEv::Closed("output_limit")));
-    // The client sees the end of the connection (what the kernel had taken, then EOF).
-    let got = read_to_end(&mut c).expect("read to EOF");
+    // The client sees the connection reset, not a clean EOF: what it got was cut off.
+    let mut got = Vec::new();
+    let end = c.read_to_end(&mut got);
+    assert_eq!(
+        end.expect_err("a clean EOF after a cut-off stream").kind(),
+        std::io::ErrorKind::ConnectionReset
+    );
     assert!(got.iter().all(|&b| b == b'x'));
     let el = server.stop();
     assert_eq!(el.stats().closed.output_limit, 1);
@@ -476,9 +530,10 @@ struct DoubleClose {
 }
 
 impl Handler for DoubleClose {
-    fn on_open(&mut self, cx: &mut Context<'_>, conn: ConnId) {
+    type Conn = ();
+    fn on_open(&mut self, cx: &mut Context<'_, Self>, conn: ConnId, _: &mut ()) {
         cx.set_send_buffer_size(conn, 16 * 1024).unwrap();
-        assert!(cx.send(conn, &self.reply));
+        cx.send(conn, &self.reply).unwrap();
         cx.close(conn);
         let queued = cx.queued(conn).unwrap_or(0);
         cx.close(conn);
@@ -519,13 +574,27 @@ struct Echo {
 }
 
 impl Handler for Echo {
-    fn on_open(&mut self, _cx: &mut Context<'_>, conn: ConnId) {
+    type Conn = ();
+    fn on_open(&mut self, _cx: &mut Context<'_, Self>, conn: ConnId, _: &mut ()) {
         let _ = self.tx.send(Ev::Open(conn));
     }
-    fn on_data(&mut self, cx: &mut Context<'_>, conn: ConnId, data: &[u8]) {
-        cx.send(conn, data);
+    fn on_data(
+        &mut self,
+        cx: &mut Context<'_, Self>,
+        conn: ConnId,
+        _: &mut (),
+        data: &[u8],
+    ) -> usize {
+        let _ = cx.send(conn, data);
+        data.len()
     }
-    fn on_close(&mut self, _cx: &mut Context<'_>, conn: ConnId, _reason: &CloseReason) {
+    fn on_close(
+        &mut self,
+        _cx: &mut Context<'_, Self>,
+        conn: ConnId,
+        _: (),
+        _reason: &CloseReason,
+    ) {
         let _ = self.tx.send(Ev::Close(conn));
     }
 }

@@ -11,14 +11,28 @@ use support::*;
 struct Fragile(Sender<String>);
 
 impl Handler for Fragile {
-    fn on_data(&mut self, cx: &mut Context<'_>, conn: ConnId, data: &[u8]) {
+    type Conn = ();
+    fn on_data(
+        &mut self,
+        cx: &mut Context<'_, Self>,
+        conn: ConnId,
+        _: &mut (),
+        data: &[u8],
+    ) -> usize {
         if data.starts_with(b"boom") {
-            cx.send(conn, b"queued before the panic");
+            let _ = cx.send(conn, b"queued before the panic");
             panic!("handler bug triggered by input");
         }
-        cx.send(conn, data);
+        let _ = cx.send(conn, data);
+        data.len()
     }
-    fn on_close(&mut self, _cx: &mut Context<'_>, _conn: ConnId, reason: &CloseReason) {
+    fn on_close(
+        &mut self,
+        _cx: &mut Context<'_, Self>,
+        _conn: ConnId,
+        _: (),
+        reason: &CloseReason,
+    ) {
         let _ = self.0.send(format!("{reason:?}"));
     }
 }

@@ -2,7 +2,7 @@
 //! and the close path.
 //!
 //! (a) `OutBuf::flush_with` against a scripted fake socket that, call by call, takes all,
-//!     takes a random part (across the ring's two slices too), would block, is interrupted,
+//!     takes a random part (across chunk boundaries too), would block, is interrupted,
 //!     takes nothing (`Ok(0)`), or resets, interleaved with random pushes: what the fake peer
 //!     receives is always an in-order prefix of what was pushed, the queue holds exactly the
 //!     rest, the return values say what happened, and a reset ends the flush at once (no
@@ -20,8 +20,8 @@
 
 mod support;
 
-use evloop::outbuf::{Flush, OutBuf};
-use evloop::{CloseReason, Config, ConnId, Context, EventLoop, Handler};
+use evloop::internals::{Flush, OutBuf};
+use evloop::{CloseReason, Config, ConnId, Context, EventLoop, Handler, SendError};
 use std::collections::HashMap;
 use std::io::{self, ErrorKind, IoSlice, Read, Write};
 use std::time::{Duration, Instant};
@@ -109,8 +109,9 @@ impl FakeSocket {
             self.calls_after_reset += 1;
             return Err(ErrorKind::BrokenPipe.into());
         }
+        // One vectored write offers at most 16 chunks (OutBuf's MAX_SLICES).
         assert!(
-            !slices.is_empty() && slices.len() <= 2,
+            !slices.is_empty() && slices.len() <= 16,
             "{} slices",
             slices.len()
         );
@@ -191,6 +192,7 @@ fn outbuf_case(seed: u64) {
                     assert!(!out.is_empty(), "{}: blocked with nothing queued", ctx());
                     assert_eq!(sock.last, Some(Outcome::WouldBlock), "{}", ctx());
                 }
+                Ok(Flush::Yielded) => panic!("{}: yielded without file regions", ctx()),
                 Err(e) => {
                     assert!(!out.is_empty(), "{}: error with nothing queued", ctx());
                     match sock.last {
@@ -240,6 +242,7 @@ fn outbuf_flush_against_a_scripted_socket_long() {
 // (b) The close path on real sockets.
 
 /// Records everything, per connection; the default EOF behaviour (close after flushing).
+/// What a connection received is its state, handed over to `data` when it closes.
 #[derive(Default)]
 struct Rec {
     opens: Vec<ConnId>,
@@ -249,18 +252,35 @@ struct Rec {
 }
 
 impl Handler for Rec {
-    fn on_open(&mut self, _cx: &mut Context<'_>, conn: ConnId) {
+    type Conn = Vec<u8>;
+    fn on_open(&mut self, _cx: &mut Context<'_, Self>, conn: ConnId, got: &mut Vec<u8>) {
+        assert!(got.is_empty(), "{conn} opened with state");
         self.opens.push(conn);
     }
-    fn on_data(&mut self, _cx: &mut Context<'_>, conn: ConnId, data: &[u8]) {
-        self.data.entry(conn).or_default().extend_from_slice(data);
+    fn on_data(
+        &mut self,
+        _cx: &mut Context<'_, Self>,
+        _conn: ConnId,
+        got: &mut Vec<u8>,
+        data: &[u8],
+    ) -> usize {
+        got.extend_from_slice(data);
+        data.len()
     }
-    fn on_close(&mut self, _cx: &mut Context<'_>, conn: ConnId, reason: &CloseReason) {
+    fn on_close(
+        &mut self,
+        _cx: &mut Context<'_, Self>,
+        conn: ConnId,
+        got: Vec<u8>,
+        reason: &CloseReason,
+    ) {
         self.closes
             .entry(conn)
             .or_default()
             .push(reason.to_string());
         self.clean.insert(conn, reason.is_clean());
+        // A second on_close would show up in `closes`; the data of the first is kept.
+        self.data.entry(conn).or_insert(got);
     }
 }
 
@@ -477,9 +497,24 @@ fn close_path_case(seed: u64, dir: &std::path::Path, tally: &mut Tally) {
                     let n = rng.size(16 * 1024, 512 * 1024);
                     rng.bytes(n)
                 };
-                if el.context().send(id, &data) {
-                    assert!(!p.handler_done, "seed {seed}: send accepted after close");
-                    p.sent.extend_from_slice(&data);
+                match el.context().send(id, &data) {
+                    Ok(()) => {
+                        assert!(!p.handler_done, "seed {seed}: send accepted after close");
+                        p.sent.extend_from_slice(&data);
+                    }
+                    // Refused: the connection is closed (by anyone), closing (the handler's
+                    // close, or the default on_peer_eof after the peer's FIN), or its write
+                    // side shut by the handler; never the 64 MiB output limit.
+                    Err(e) => {
+                        let peer_fin = p.peer_shut_write || p.peer.is_none();
+                        let why = match e {
+                            SendError::Closed => true,
+                            SendError::Closing => p.handler_done || peer_fin,
+                            SendError::WriteShut => p.handler_done,
+                            _ => false,
+                        };
+                        assert!(why, "seed {seed}: refused with {e:?}");
+                    }
                 }
             }
             30..=33 => {

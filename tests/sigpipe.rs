@@ -11,7 +11,7 @@
 
 mod support;
 
-use evloop::{CloseReason, Config, ConnId, Context, EventLoop, Handler};
+use evloop::{CloseReason, Config, ConnId, Context, EventLoop, Handler, SendError};
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Output, Stdio};
@@ -136,21 +136,24 @@ struct Writer {
 }
 
 impl Handler for Writer {
-    fn on_open(&mut self, cx: &mut Context<'_>, conn: ConnId) {
+    type Conn = ();
+
+    fn on_open(&mut self, cx: &mut Context<'_, Self>, conn: ConnId, _: &mut ()) {
         if let Plan::Queue = self.plan {
             let _ = cx.set_send_buffer_size(conn, 16 * 1024);
-            assert!(cx.send(conn, &vec![b'z'; 1 << 20]));
+            cx.send(conn, &vec![b'z'; 1 << 20]).unwrap();
             assert!(cx.queued(conn).unwrap() > 0, "nothing queued");
         }
         let _ = self.tx.send("open".into());
     }
 
-    fn on_peer_eof(&mut self, cx: &mut Context<'_>, conn: ConnId) {
+    fn on_peer_eof(&mut self, cx: &mut Context<'_, Self>, conn: ConnId, _: &mut ()) {
         if let Plan::SendAfterEof = self.plan {
             // The first write to a closed TCP peer may still be taken (the peer answers it
-            // with RST); keep writing until the loop reports the error.
+            // with RST); keep writing until the loop reports the error, which closed it.
             for _ in 0..1000 {
-                if !cx.send(conn, b"anyone there?") {
+                if let Err(e) = cx.send(conn, b"anyone there?") {
+                    assert_eq!(e, SendError::Closed, "the send met the dead peer");
                     return;
                 }
             }
@@ -158,7 +161,13 @@ impl Handler for Writer {
         cx.close(conn);
     }
 
-    fn on_close(&mut self, _cx: &mut Context<'_>, _conn: ConnId, reason: &CloseReason) {
+    fn on_close(
+        &mut self,
+        _cx: &mut Context<'_, Self>,
+        _conn: ConnId,
+        _: (),
+        reason: &CloseReason,
+    ) {
         let shown = match reason {
             CloseReason::Error(e) => format!("closed Error({:?})", e.kind()),
             other => format!("closed {other:?}"),

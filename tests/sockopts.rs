@@ -6,7 +6,6 @@
 mod support;
 
 use evloop::{Addr, Config, ConnId, Context, EventLoop, Handler, ListenOptions, UdpOptions};
-use socket2::SockRef;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc::{Sender, channel};
@@ -14,7 +13,9 @@ use std::time::Duration;
 use support::*;
 
 struct Nop;
-impl Handler for Nop {}
+impl Handler for Nop {
+    type Conn = ();
+}
 
 fn v6_loopback() -> Option<SocketAddr> {
     let addr: SocketAddr = "[::1]:0".parse().unwrap();
@@ -113,8 +114,8 @@ fn udp_options_are_set_on_the_socket() {
     let plain = cx.bind_udp(localhost()).unwrap();
     let s = cx.udp_socket(plain).unwrap();
     assert!(!s.broadcast().unwrap(), "SO_BROADCAST is off by default");
-    assert!(!SockRef::from(s).reuse_address().unwrap());
-    assert!(!SockRef::from(s).reuse_port().unwrap());
+    assert!(!s.reuse_address().unwrap());
+    assert!(!s.reuse_port().unwrap());
 
     let size = 32 * 1024;
     let mut opts = UdpOptions::default();
@@ -125,9 +126,8 @@ fn udp_options_are_set_on_the_socket() {
     opts.send_buffer_size = Some(size);
     let u = cx.bind_udp_with(localhost(), &opts).unwrap();
     let addr = cx.udp_addr(u).unwrap().as_inet().unwrap();
-    let s = cx.udp_socket(u).unwrap();
-    assert!(s.broadcast().unwrap(), "SO_BROADCAST");
-    let r = SockRef::from(s);
+    let r = cx.udp_socket(u).unwrap();
+    assert!(r.broadcast().unwrap(), "SO_BROADCAST");
     assert!(r.reuse_address().unwrap(), "SO_REUSEADDR");
     assert!(r.reuse_port().unwrap(), "SO_REUSEPORT");
     // Linux doubles the value asked for (room for its bookkeeping).
@@ -135,6 +135,7 @@ fn udp_options_are_set_on_the_socket() {
     let snd = r.send_buffer_size().unwrap();
     assert!((size..=2 * size).contains(&rcv), "SO_RCVBUF {rcv}");
     assert!((size..=2 * size).contains(&snd), "SO_SNDBUF {snd}");
+    drop(r);
 
     // SO_REUSEPORT lets a second socket bind the same port; a plain one cannot.
     let twin = cx
@@ -165,7 +166,7 @@ struct Report {
     ttl: u32,
 }
 
-fn probe(cx: &mut Context<'_>, conn: ConnId) -> io::Result<Report> {
+fn probe(cx: &mut Context<'_, Prober>, conn: ConnId) -> io::Result<Report> {
     let local = cx.local_addr(conn)?;
     let peer = cx.peer_addr(conn)?;
     let outbound = cx.listener_of(conn).is_none();
@@ -214,7 +215,8 @@ struct Prober {
 }
 
 impl Handler for Prober {
-    fn on_open(&mut self, cx: &mut Context<'_>, conn: ConnId) {
+    type Conn = ();
+    fn on_open(&mut self, cx: &mut Context<'_, Self>, conn: ConnId, _: &mut ()) {
         let _ = self.tx.send(probe(cx, conn));
     }
 }
@@ -261,7 +263,7 @@ fn addresses_and_options_over(ip: SocketAddr) {
     server
         .handle
         .post(move |h, cx| {
-            if let Err(e) = cx.connect(raddr) {
+            if let Err(e) = cx.connect(raddr, ()) {
                 let _ = h.tx.send(Err(e));
             }
         })
@@ -293,7 +295,8 @@ struct Nodelay {
 }
 
 impl Handler for Nodelay {
-    fn on_open(&mut self, cx: &mut Context<'_>, conn: ConnId) {
+    type Conn = ();
+    fn on_open(&mut self, cx: &mut Context<'_, Self>, conn: ConnId, _: &mut ()) {
         let _ = self
             .tx
             .send(cx.socket(conn).unwrap().tcp_nodelay().unwrap());
@@ -323,7 +326,8 @@ fn options_on_a_dead_connection_are_not_connected_errors() {
         tx: Sender<Vec<io::ErrorKind>>,
     }
     impl Handler for Closer {
-        fn on_open(&mut self, cx: &mut Context<'_>, conn: ConnId) {
+        type Conn = ();
+        fn on_open(&mut self, cx: &mut Context<'_, Self>, conn: ConnId, _: &mut ()) {
             cx.abort(conn);
             let errs = vec![
                 cx.set_nodelay(conn, true).unwrap_err().kind(),

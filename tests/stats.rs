@@ -23,13 +23,21 @@ struct Scripted {
 }
 
 impl Handler for Scripted {
-    fn on_open(&mut self, _cx: &mut Context<'_>, conn: ConnId) {
+    type Conn = ();
+    fn on_open(&mut self, _cx: &mut Context<'_, Self>, conn: ConnId, _: &mut ()) {
         let _ = self.tx.send(Ev::Open(conn));
     }
-    fn on_data(&mut self, cx: &mut Context<'_>, conn: ConnId, data: &[u8]) {
-        cx.send(conn, data);
+    fn on_data(
+        &mut self,
+        cx: &mut Context<'_, Self>,
+        conn: ConnId,
+        _: &mut (),
+        data: &[u8],
+    ) -> usize {
+        let _ = cx.send(conn, data);
+        data.len()
     }
-    fn on_close(&mut self, cx: &mut Context<'_>, conn: ConnId, reason: &CloseReason) {
+    fn on_close(&mut self, cx: &mut Context<'_, Self>, conn: ConnId, _: (), reason: &CloseReason) {
         let name = match reason {
             CloseReason::PeerClosed => "peer_closed",
             CloseReason::Aborted => "aborted",
@@ -41,7 +49,7 @@ impl Handler for Scripted {
             .tx
             .send(Ev::Close(conn, name, Box::new(cx.stats().clone())));
     }
-    fn on_datagram(&mut self, cx: &mut Context<'_>, socket: UdpId, data: &[u8], from: &Addr) {
+    fn on_datagram(&mut self, cx: &mut Context<'_, Self>, socket: UdpId, data: &[u8], from: &Addr) {
         cx.send_to(socket, data, from).unwrap();
     }
 }
@@ -94,7 +102,7 @@ fn counters_match_a_scripted_scenario_exactly() {
     let (id_tx, id_rx) = channel();
     server
         .handle
-        .post(move |_, cx| id_tx.send(cx.connect(closed_port).unwrap()).unwrap())
+        .post(move |_, cx| id_tx.send(cx.connect(closed_port, ()).unwrap()).unwrap())
         .unwrap();
     let out = recv(&id_rx);
     closed(&rx, out, "connect_failed");
@@ -158,6 +166,7 @@ fn counters_match_a_scripted_scenario_exactly() {
     assert_eq!(s.closed.local, 0);
     assert_eq!(s.closed.error, 0);
     assert_eq!(s.closed.output_limit, 0);
+    assert_eq!(s.closed.input_limit, 0);
     assert_eq!(s.closed.connect_timeout, 0);
     assert_eq!(s.closed.shutdown, 0);
     assert_eq!(s.closed.panicked, 0);

@@ -7,7 +7,9 @@
 
 mod support;
 
-use evloop::{Addr, CloseReason, Config, ConnId, Context, EventLoop, Handler, TimerId, UdpId};
+use evloop::{
+    Addr, CloseReason, Config, ConnId, Context, EventLoop, Handler, SendError, TimerId, UdpId,
+};
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -29,6 +31,8 @@ enum Why {
     Error(io::ErrorKind),
     IdleTimeout,
     OutputLimit,
+    InputLimit,
+    SendTimeout,
     ConnectFailed(io::ErrorKind),
     ConnectTimeout,
     Shutdown,
@@ -45,6 +49,8 @@ impl From<&CloseReason> for Why {
             CloseReason::Error(e) => Why::Error(e.kind()),
             CloseReason::IdleTimeout => Why::IdleTimeout,
             CloseReason::OutputLimit => Why::OutputLimit,
+            CloseReason::InputLimit => Why::InputLimit,
+            CloseReason::SendTimeout => Why::SendTimeout,
             CloseReason::ConnectFailed(e) => Why::ConnectFailed(e.kind()),
             CloseReason::ConnectTimeout => Why::ConnectTimeout,
             CloseReason::Shutdown => Why::Shutdown,
@@ -64,13 +70,22 @@ enum Ev {
     Data(ConnId, Vec<u8>),
     Eof(ConnId),
     /// What `send` returned for a send the handler made after `shutdown_write`.
-    SendAfterShutdown(ConnId, bool),
+    SendAfterShutdown(ConnId, Result<(), SendError>),
     Close(ConnId, Why),
     Dgram {
         socket: UdpId,
         data: Vec<u8>,
         from: Addr,
     },
+}
+
+/// What a `Probe` keeps per connection (its `Handler::Conn`), beside the connection.
+#[derive(Debug, Default)]
+struct Seen {
+    /// `on_open` calls for this connection (0 for an outbound connect that never opened).
+    opens: u32,
+    /// Accepted from a listener (set in `on_open`).
+    inbound: bool,
 }
 
 #[derive(Default)]
@@ -86,8 +101,10 @@ struct Probe {
     eof_trailer: Option<Vec<u8>>,
     /// `on_open`: send this, then `shutdown_write`; later `on_data` tries to send again.
     greet_then_shutdown_write: Option<Vec<u8>>,
-    opens: HashMap<ConnId, u32>,
-    closes: HashMap<ConnId, u32>,
+    /// `on_open` calls, all connections together.
+    opened: u32,
+    /// For each `on_close` of a connection: the `opens` its state had counted.
+    closes: HashMap<ConnId, Vec<u32>>,
 }
 
 impl Probe {
@@ -113,62 +130,80 @@ impl Probe {
 
     /// Every connection closed exactly once, and every opened one closed.
     fn assert_closed_once(&self) {
-        for (conn, n) in &self.closes {
-            assert_eq!(*n, 1, "{conn}: on_close ran {n} times");
+        let mut opened_then_closed = 0;
+        for (conn, opens) in &self.closes {
+            assert_eq!(opens.len(), 1, "{conn}: on_close ran {} times", opens.len());
+            assert!(opens[0] <= 1, "{conn}: on_open ran {} times", opens[0]);
+            opened_then_closed += opens[0];
         }
-        for (conn, n) in &self.opens {
-            assert_eq!(*n, 1, "{conn}: on_open ran {n} times");
-            assert!(
-                self.closes.contains_key(conn),
-                "{conn} opened but never closed"
-            );
-        }
+        assert_eq!(
+            opened_then_closed, self.opened,
+            "connections opened but never closed"
+        );
     }
 }
 
 impl Handler for Probe {
-    fn on_open(&mut self, cx: &mut Context<'_>, conn: ConnId) {
-        *self.opens.entry(conn).or_default() += 1;
+    type Conn = Seen;
+
+    fn on_open(&mut self, cx: &mut Context<'_, Self>, conn: ConnId, seen: &mut Seen) {
+        self.opened += 1;
+        seen.opens += 1;
         let peer = cx.peer_addr(conn).ok();
         let inbound = cx.listener_of(conn).is_some();
+        seen.inbound = inbound;
         self.report(Ev::Open {
             conn,
             peer,
             inbound,
         });
         if let Some(greeting) = &self.greet_then_shutdown_write {
-            assert!(cx.send(conn, greeting));
+            cx.send(conn, greeting).unwrap();
             cx.shutdown_write(conn);
         }
     }
 
-    fn on_data(&mut self, cx: &mut Context<'_>, conn: ConnId, data: &[u8]) {
+    fn on_data(
+        &mut self,
+        cx: &mut Context<'_, Self>,
+        conn: ConnId,
+        seen: &mut Seen,
+        data: &[u8],
+    ) -> usize {
         if self.greet_then_shutdown_write.is_some() {
             let sent = cx.send(conn, b"too late");
             self.report(Ev::SendAfterShutdown(conn, sent));
         }
-        if self.echo && (!self.echo_inbound_only || cx.listener_of(conn).is_some()) {
-            cx.send(conn, data);
+        if self.echo && (!self.echo_inbound_only || seen.inbound) {
+            let _ = cx.send(conn, data);
         }
         if self.report_data {
             self.report(Ev::Data(conn, data.to_vec()));
         }
+        data.len()
     }
 
-    fn on_peer_eof(&mut self, cx: &mut Context<'_>, conn: ConnId) {
+    fn on_peer_eof(&mut self, cx: &mut Context<'_, Self>, conn: ConnId, _: &mut Seen) {
         self.report(Ev::Eof(conn));
         if let Some(trailer) = &self.eof_trailer {
-            assert!(cx.send(conn, trailer), "send after peer EOF must work");
+            cx.send(conn, trailer)
+                .expect("send after peer EOF must work");
         }
         cx.close(conn);
     }
 
-    fn on_close(&mut self, _cx: &mut Context<'_>, conn: ConnId, reason: &CloseReason) {
-        *self.closes.entry(conn).or_default() += 1;
+    fn on_close(
+        &mut self,
+        _cx: &mut Context<'_, Self>,
+        conn: ConnId,
+        seen: Seen,
+        reason: &CloseReason,
+    ) {
+        self.closes.entry(conn).or_default().push(seen.opens);
         self.report(Ev::Close(conn, reason.into()));
     }
 
-    fn on_datagram(&mut self, cx: &mut Context<'_>, socket: UdpId, data: &[u8], from: &Addr) {
+    fn on_datagram(&mut self, cx: &mut Context<'_, Self>, socket: UdpId, data: &[u8], from: &Addr) {
         self.report(Ev::Dgram {
             socket,
             data: data.to_vec(),
@@ -202,6 +237,8 @@ fn recv_close(rx: &Receiver<Ev>) -> (ConnId, Why) {
 fn assert_books<H: Handler>(el: &EventLoop<H>, entries: usize) {
     assert_eq!(el.stats().connections_open, 0, "{:?}", el.stats());
     assert_eq!(el.slab_len(), entries, "slab entries left");
+    // Assertions inside callbacks panic into the loop, which catches and counts them.
+    assert_eq!(el.stats().panics, 0, "a callback panicked");
 }
 
 /// Runs `f` on a thread and waits for its result with the test deadline, so a call that
@@ -265,16 +302,20 @@ fn connect_opens_and_behaves_like_accepted() {
     let addr = server.local_addr().unwrap();
     let (tx, rx) = channel();
     let mut el = EventLoop::new(Probe::echo(tx)).unwrap();
-    let first = el.connect(addr).expect("connect from the loop");
-    assert!(el.context().send(first, b"queued-before-open;"));
+    let first = el
+        .connect(addr, Seen::default())
+        .expect("connect from the loop");
+    el.context().send(first, b"queued-before-open;").unwrap();
     let running = spawn(el);
     let (idtx, idrx) = channel();
     running
         .handle
         .post(move |_, cx| {
-            let id = cx.connect(addr).expect("connect from a callback");
+            let id = cx
+                .connect(addr, Seen::default())
+                .expect("connect from a callback");
             assert!(cx.is_open(id), "connecting counts as open");
-            assert!(cx.send(id, b"queued-before-open;"));
+            cx.send(id, b"queued-before-open;").unwrap();
             idtx.send(id).unwrap();
         })
         .unwrap();
@@ -328,11 +369,15 @@ fn connect_send_close_before_open_still_delivers() {
     running
         .handle
         .post(move |_, cx| {
-            let id = cx.connect(addr).expect("connect starts");
-            assert!(cx.send(id, b"fire and forget"));
+            let id = cx.connect(addr, Seen::default()).expect("connect starts");
+            cx.send(id, b"fire and forget").unwrap();
             cx.close(id);
             assert!(!cx.is_open(id), "closing after close");
-            assert!(!cx.send(id, b"more"), "no sends after close");
+            assert_eq!(
+                cx.send(id, b"more"),
+                Err(SendError::Closing),
+                "no sends after close"
+            );
             idtx.send(id).unwrap();
         })
         .unwrap();
@@ -363,13 +408,15 @@ fn connect_refused_is_connect_failed_without_open() {
     };
     let (tx, rx) = channel();
     let mut el = EventLoop::new(Probe::new(tx)).unwrap();
-    let first = el.connect(addr).expect("a non-blocking connect starts");
+    let first = el
+        .connect(addr, Seen::default())
+        .expect("a non-blocking connect starts");
     let running = spawn(el);
     let (idtx, idrx) = channel();
     running
         .handle
         .post(move |_, cx| {
-            idtx.send(cx.connect(addr).expect("connect starts"))
+            idtx.send(cx.connect(addr, Seen::default()).expect("connect starts"))
                 .unwrap()
         })
         .unwrap();
@@ -390,7 +437,7 @@ fn connect_refused_is_connect_failed_without_open() {
 
     let el = running.stop();
     el.handler().assert_closed_once();
-    assert!(el.handler().opens.is_empty());
+    assert_eq!(el.handler().opened, 0);
     assert_eq!(el.stats().closed.connect_failed, 2);
     assert_books(&el, 0);
 }
@@ -437,7 +484,7 @@ fn connect_timeout_when_syn_is_dropped() {
     config.connect_timeout = Some(Duration::from_millis(300));
     let mut el = EventLoop::with_config(Probe::new(tx), config).unwrap();
     let start = Instant::now();
-    let id = el.connect(addr).expect("connect starts");
+    let id = el.connect(addr, Seen::default()).expect("connect starts");
     let running = spawn(el);
     match recv(&rx) {
         Ev::Close(conn, why) => {
@@ -455,7 +502,7 @@ fn connect_timeout_when_syn_is_dropped() {
 
     let el = running.stop();
     el.handler().assert_closed_once();
-    assert!(el.handler().opens.is_empty());
+    assert_eq!(el.handler().opened, 0);
     assert_eq!(el.stats().closed.connect_timeout, 1);
     assert_books(&el, 0);
     drop(fillers);
@@ -535,8 +582,8 @@ fn unix_connect_to_own_listener() {
     running
         .handle
         .post(move |_, cx| {
-            let id = cx.connect_unix(&p).expect("connect_unix");
-            assert!(cx.send(id, b"hi unix"));
+            let id = cx.connect_unix(&p, Seen::default()).expect("connect_unix");
+            cx.send(id, b"hi unix").unwrap();
             idtx.send(id).unwrap();
         })
         .unwrap();
@@ -860,8 +907,8 @@ fn ipv6_outbound_connect() {
     };
     let (tx, rx) = channel();
     let mut el = EventLoop::new(Probe::echo(tx)).unwrap();
-    let id = el.connect(addr).unwrap();
-    let bad = el.connect(refused).unwrap();
+    let id = el.connect(addr, Seen::default()).unwrap();
+    let bad = el.connect(refused, Seen::default()).unwrap();
     let running = spawn(el);
     let mut opened = false;
     let mut failed = false;
@@ -898,7 +945,8 @@ fn ipv6_outbound_connect() {
 fn lone_timer_drives_the_poll_timeout() {
     struct StopOnTimer(Sender<TimerId>);
     impl Handler for StopOnTimer {
-        fn on_timer(&mut self, cx: &mut Context<'_>, timer: TimerId) {
+        type Conn = ();
+        fn on_timer(&mut self, cx: &mut Context<'_, Self>, timer: TimerId) {
             let _ = self.0.send(timer);
             cx.stop();
         }
@@ -943,14 +991,15 @@ fn timers_fire_repeat_and_cancel() {
         last_fired: bool,
     }
     impl Clock {
-        fn maybe_stop(&mut self, cx: &mut Context<'_>) {
+        fn maybe_stop(&mut self, cx: &mut Context<'_, Clock>) {
             if self.last_fired && self.tick_count >= 3 {
                 cx.stop();
             }
         }
     }
     impl Handler for Clock {
-        fn on_timer(&mut self, cx: &mut Context<'_>, timer: TimerId) {
+        type Conn = ();
+        fn on_timer(&mut self, cx: &mut Context<'_, Self>, timer: TimerId) {
             self.fired.push(timer);
             if Some(timer) == self.tick {
                 self.tick_count += 1;
@@ -1107,7 +1156,7 @@ fn handle_posts_from_four_threads_keep_order() {
                 for i in 0..PER_THREAD {
                     let msg = format!("{t}:{i:04}\n");
                     handle
-                        .post(move |_, cx| assert!(cx.send(conn, msg.as_bytes())))
+                        .post(move |_, cx| cx.send(conn, msg.as_bytes()).unwrap())
                         .expect("post");
                 }
             })
@@ -1211,8 +1260,8 @@ fn graceful_shutdown_flushes_readers_and_cuts_the_rest() {
                     .set_send_buffer_size(16 * 1024)
                     .unwrap();
             }
-            assert!(cx.send(reader_id, &p));
-            assert!(cx.send(lazy_id, &p));
+            cx.send(reader_id, &p).unwrap();
+            cx.send(lazy_id, &p).unwrap();
             qtx.send((cx.queued(reader_id), cx.queued(lazy_id)))
                 .unwrap();
         })
@@ -1308,7 +1357,7 @@ fn second_shutdown_gets_its_own_deadline() {
                 .unwrap()
                 .set_send_buffer_size(16 * 1024)
                 .unwrap();
-            assert!(cx.send(lazy_id, &random_bytes(4 << 20, 1)));
+            cx.send(lazy_id, &random_bytes(4 << 20, 1)).unwrap();
             cx.shutdown(grace);
         })
         .unwrap();
@@ -1329,9 +1378,17 @@ fn second_shutdown_gets_its_own_deadline() {
 fn context_shutdown_from_callback_returns_when_flushed() {
     struct ByeOnData;
     impl Handler for ByeOnData {
-        fn on_data(&mut self, cx: &mut Context<'_>, conn: ConnId, data: &[u8]) {
-            cx.send(conn, data);
+        type Conn = ();
+        fn on_data(
+            &mut self,
+            cx: &mut Context<'_, Self>,
+            conn: ConnId,
+            _: &mut (),
+            data: &[u8],
+        ) -> usize {
+            let _ = cx.send(conn, data);
             cx.shutdown(Duration::from_secs(30));
+            data.len()
         }
     }
     let mut el = EventLoop::new(ByeOnData).unwrap();
@@ -1451,7 +1508,7 @@ fn half_close_handler_sends_after_peer_eof() {
 
 /// `Context::shutdown_write` from the handler, with 1 MiB still queued: the client gets it
 /// all, then EOF, but can still send; the handler still receives it, and later sends from
-/// the handler return false.
+/// the handler are refused with `SendError::WriteShut`.
 #[test]
 fn half_close_shutdown_write_from_handler() {
     // Big enough to be queued when shutdown_write is called: FIN waits for the queue.
@@ -1484,7 +1541,11 @@ fn half_close_shutdown_write_from_handler() {
         match recv(&rx) {
             Ev::SendAfterShutdown(c, sent) => {
                 assert_eq!(c, conn);
-                assert!(!sent, "send after shutdown_write must return false");
+                assert_eq!(
+                    sent,
+                    Err(SendError::WriteShut),
+                    "send after shutdown_write is refused"
+                );
             }
             Ev::Data(c, d) => {
                 assert_eq!(c, conn);

@@ -269,3 +269,40 @@ fn client_mode_sends_stdin_lines_and_prints_datagrams() {
     let status = carol.child.wait().expect("wait");
     assert!(status.success(), "{status}");
 }
+
+/// SIGTERM starts a graceful shutdown (`shutdown_on_signals`): with no connections to
+/// flush, the server exits cleanly at once.
+#[test]
+fn sigterm_exits() {
+    let mut ex = server(&[]);
+    let a = Peer::joined(ex.addr, "alice");
+    a.say("/leave");
+    a.expect("OK");
+    sigterm(&ex);
+    exits_cleanly(&mut ex);
+}
+
+/// Sends SIGTERM to the example.
+fn sigterm(ex: &Example) {
+    let pid = ex.child.id().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    assert!(kill.unwrap().success());
+}
+
+/// Waits, within the deadline, for the example to exit cleanly: its stderr closes, then
+/// its status is success.
+fn exits_cleanly(ex: &mut Example) {
+    let end = std::time::Instant::now() + DEADLINE;
+    loop {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        match ex.log.recv_timeout(left) {
+            Ok(_) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(e) => panic!("still running {DEADLINE:?} after SIGTERM: {e}"),
+        }
+    }
+    let status = ex.child.wait().unwrap();
+    assert!(status.success(), "exited with {status}");
+}

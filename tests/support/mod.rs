@@ -17,13 +17,19 @@ use std::time::{Duration, Instant};
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
 /// A loop running on its own thread.
-pub struct Running<H: Handler + Send + 'static> {
+pub struct Running<H: Handler + Send + 'static>
+where
+    H::Conn: Send,
+{
     pub handle: Handle<H>,
     thread: Option<JoinHandle<EventLoop<H>>>,
 }
 
 /// Moves `el` to a thread and runs it until `stop`.
-pub fn spawn<H: Handler + Send + 'static>(el: EventLoop<H>) -> Running<H> {
+pub fn spawn<H: Handler + Send + 'static>(el: EventLoop<H>) -> Running<H>
+where
+    H::Conn: Send,
+{
     let handle = el.handle();
     let thread = std::thread::spawn(move || {
         let mut el = el;
@@ -36,7 +42,10 @@ pub fn spawn<H: Handler + Send + 'static>(el: EventLoop<H>) -> Running<H> {
     }
 }
 
-impl<H: Handler + Send + 'static> Running<H> {
+impl<H: Handler + Send + 'static> Running<H>
+where
+    H::Conn: Send,
+{
     /// Stops the loop and gives it back (handler, stats, slab) for final checks.
     pub fn stop(self) -> EventLoop<H> {
         self.handle.stop().expect("loop alive");
@@ -53,7 +62,10 @@ impl<H: Handler + Send + 'static> Running<H> {
     }
 }
 
-impl<H: Handler + Send + 'static> Drop for Running<H> {
+impl<H: Handler + Send + 'static> Drop for Running<H>
+where
+    H::Conn: Send,
+{
     fn drop(&mut self) {
         if let Some(t) = self.thread.take() {
             let _ = self.handle.stop();

@@ -28,6 +28,21 @@ pub struct Config {
     /// Datagrams a socket queues when the kernel would block; past it `send_to` fails with
     /// `WouldBlock`. Default 1024.
     pub datagram_queue_limit: usize,
+    /// Datagrams one system call moves on a UDP socket, at most 64: received with
+    /// `recvmmsg`, and, for what `on_datagram` callbacks send, gathered and sent right after
+    /// the batch with `sendmmsg` (see [`Context::send_to`](crate::Context::send_to)); queued
+    /// datagrams leave in batches too. 1 turns batching off: one `recvfrom` / `sendto` per
+    /// datagram, and `send_to` always writes at once. The receive slots are `udp_batch` ×
+    /// `read_buffer_size` bytes, one set per loop, allocated on the first batched receive;
+    /// their pages cost memory only once datagrams fill them. Unix datagram sockets always
+    /// go one at a time. Default 32.
+    pub udp_batch: usize,
+    /// UDP offloads, with batching: GRO (the kernel may hand over a run of same-size
+    /// datagrams from one sender in one slot; the loop splits it again, so each still gets
+    /// its own `on_datagram`; only when `read_buffer_size` is at least 64 KiB) and GSO (a run
+    /// of same-size datagrams to one address goes out as one send). Set UDP_GRO on sockets
+    /// that receive; no other socket option is changed. Default on.
+    pub udp_offload: bool,
     /// Listen backlog. Default 1024: the usual 128 makes bursts of connects stall in SYN
     /// retries. The kernel caps it at `net.core.somaxconn`.
     pub backlog: i32,
@@ -58,7 +73,12 @@ pub struct Config {
     /// Open connections (accepted and outbound) at most; a connection accepted past it gets
     /// `refusal_reply` (if any) and is closed, and counted in `Stats::refused`. Default 100,000.
     pub max_connections: usize,
-    /// Sent (best effort, one write) to a connection refused for `max_connections`.
+    /// Open accepted TCP connections from one IP address at most (IPv4-mapped IPv6 addresses
+    /// count as IPv4); past it a connection is refused like one past `max_connections`.
+    /// A cap on what one host can hold (nginx's `limit_conn`). Default none.
+    pub max_connections_per_ip: Option<usize>,
+    /// Sent (best effort, one write) to a connection refused for `max_connections` (or
+    /// `max_connections_per_ip`).
     pub refusal_reply: Option<Vec<u8>>,
     /// Close a connection after this long without traffic in either direction, with
     /// [`CloseReason::IdleTimeout`](crate::CloseReason::IdleTimeout). Default none.
@@ -68,6 +88,10 @@ pub struct Config {
     /// [`CloseReason::SendTimeout`](crate::CloseReason::SendTimeout); like nginx's
     /// `send_timeout`. Also bounds how long `close` waits for such a peer. Default 60 s.
     pub send_timeout: Option<Duration>,
+    /// Close a TLS connection whose handshake has not finished after this long, with
+    /// [`CloseReason::TlsHandshakeTimeout`](crate::CloseReason::TlsHandshakeTimeout)
+    /// (feature `tls`). Default 10 s.
+    pub tls_handshake_timeout: Duration,
     /// Give up on an outbound connect after this long. Default 10 s.
     pub connect_timeout: Option<Duration>,
     /// How long to wait before accepting again after EMFILE/ENFILE. Default 100 ms.
@@ -91,6 +115,8 @@ impl Default for Config {
             accept_budget: 256,
             datagram_budget: 256,
             datagram_queue_limit: 1024,
+            udp_batch: 32,
+            udp_offload: true,
             backlog: 1024,
             nodelay: true,
             high_watermark: 64 * 1024,
@@ -100,9 +126,11 @@ impl Default for Config {
             max_input: 1024 * 1024,
             send_file_chunk: 256 * 1024,
             max_connections: 100_000,
+            max_connections_per_ip: None,
             refusal_reply: None,
             idle_timeout: None,
             send_timeout: Some(Duration::from_secs(60)),
+            tls_handshake_timeout: Duration::from_secs(10),
             connect_timeout: Some(Duration::from_secs(10)),
             accept_retry: Duration::from_millis(100),
             linger: Duration::from_secs(2),
@@ -123,6 +151,7 @@ impl Config {
             ("read_budget", self.read_budget),
             ("accept_budget", self.accept_budget),
             ("datagram_budget", self.datagram_budget),
+            ("udp_batch", self.udp_batch),
             ("send_file_chunk", self.send_file_chunk),
         ];
         let fail = |why: String| Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, why));
@@ -160,12 +189,16 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_zero_budgets_are_not() {
         Config::default().validate().unwrap();
-        let mut c = Config::default();
-        c.accept_budget = 0;
+        let c = Config {
+            accept_budget: 0,
+            ..Config::default()
+        };
         let e = c.validate().unwrap_err();
         assert!(e.to_string().contains("accept_budget"), "{e}");
-        let mut c = Config::default();
-        c.datagram_budget = 0;
+        let c = Config {
+            datagram_budget: 0,
+            ..Config::default()
+        };
         assert!(c.validate().is_err());
         let mut c = Config::default();
         c.low_watermark = c.high_watermark + 1;

@@ -123,6 +123,9 @@ pub(crate) struct Conn {
     pub(crate) close_when_open: bool,
     /// Reading resumed: present the kept input again before reading more.
     pub(crate) replay: bool,
+    /// The TLS session of a TLS connection: reads go through it, sends are encrypted.
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<Box<crate::tls::Tls>>,
 }
 
 impl Conn {
@@ -153,6 +156,8 @@ impl Conn {
             shutdown_write: false,
             close_when_open: false,
             replay: false,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 

@@ -140,7 +140,7 @@ fn a_queue_below_high_is_not_congested() {
     let (mut c, _peer) = small_sndbuf_pair();
     let e = c.send(&pattern(256 * 1024), None, 1 << 20, MAX);
     assert!(e.reregister);
-    assert!(c.out.len() > 0 && c.out.len() <= 1 << 20);
+    assert!(!c.out.is_empty() && c.out.len() <= 1 << 20);
     assert!(!c.congested);
 }
 
@@ -433,7 +433,7 @@ fn reset_drops_the_queue_and_makes_close_an_rst() {
     peer.set_nonblocking(false).unwrap();
     let e = c.send(&pattern(4 << 20), None, HIGH, MAX);
     assert!(e.close.is_none());
-    assert!(c.out.len() > 0);
+    assert!(!c.out.is_empty());
     c.reset();
     assert!(c.out.is_empty());
     assert_eq!(c.out.capacity(), 0);

@@ -119,9 +119,7 @@ impl<H: Handler> Context<'_, H> {
     /// Shuts our write side (FIN) once the queue drains, and keeps reading: the other half
     /// of a half-close. Later sends fail with [`SendError::WriteShut`].
     pub fn shutdown_write(&mut self, conn: ConnId) {
-        if let Some(c) = self.core.conn_mut(conn.0) {
-            c.shutdown_write();
-        }
+        self.core.conn_shutdown_write(conn.0)
     }
 
     /// Stops handing over data from `conn` (the kernel's buffer then fills and the peer
@@ -287,6 +285,26 @@ impl<H: Handler> Context<'_, H> {
         Ok(ConnId(key))
     }
 
+    /// Starts a TLS connection (feature `tls`): a TCP connect as [`connect`](Self::connect),
+    /// then a handshake for `server_name` with `config` (see `evloop::tls::client_config`).
+    /// The handler sees plaintext through the same callbacks and `send`; `on_open` comes
+    /// when TCP connects (sends made before the handshake ends are held and encrypted
+    /// then). A certificate the client does not trust, or any other TLS failure, closes the
+    /// connection with [`CloseReason::Tls`](crate::CloseReason::Tls).
+    #[cfg(feature = "tls")]
+    pub fn connect_tls(
+        &mut self,
+        addr: SocketAddr,
+        config: std::sync::Arc<rustls::ClientConfig>,
+        server_name: &str,
+        state: H::Conn,
+    ) -> io::Result<ConnId> {
+        let session = crate::tls::Tls::client(config, server_name)?;
+        let id = self.connect(addr, state)?;
+        self.core.tls_attach(id.0, session);
+        Ok(id)
+    }
+
     fn add_outbound(&mut self, stream: Stream, state: H::Conn) -> io::Result<ConnId> {
         let key = self.core.register_conn(stream, State::Connecting, None)?;
         self.pending.states.push((key, state));
@@ -326,6 +344,27 @@ impl<H: Handler> Context<'_, H> {
         self.add_listener(Listener::Tcp(l))
     }
 
+    /// Listens on a TCP address with TLS (feature `tls`): every accepted connection does a
+    /// server handshake with `config` (see `evloop::tls::server_config`) and the handler sees
+    /// plaintext through the same callbacks and `send`. `on_open` comes at accept; sends
+    /// made before the handshake finishes are held and encrypted once it does. A failed
+    /// handshake or garbage closes only that connection, with
+    /// [`CloseReason::Tls`](crate::CloseReason::Tls) (the alert is sent first); one that
+    /// never finishes is closed after
+    /// [`Config::tls_handshake_timeout`](crate::Config::tls_handshake_timeout).
+    #[cfg(feature = "tls")]
+    pub fn listen_tls(
+        &mut self,
+        addr: SocketAddr,
+        config: std::sync::Arc<rustls::ServerConfig>,
+    ) -> io::Result<ListenerId> {
+        let id = self.listen(addr)?;
+        if let Some(Kind::Listener(l)) = self.core.live_mut(id.0) {
+            l.tls = Some(config);
+        }
+        Ok(id)
+    }
+
     /// Listens on a Unix stream socket at `path`. A stale socket file left by a dead
     /// process is replaced; a path a live server listens on is an `AddrInUse` error.
     pub fn listen_unix(&mut self, path: impl AsRef<Path>) -> io::Result<ListenerId> {
@@ -339,6 +378,8 @@ impl<H: Handler> Context<'_, H> {
         let entry = ListenerEntry {
             socket,
             hand_off: None,
+            #[cfg(feature = "tls")]
+            tls: None,
             backing_off: false,
             failures: 0,
         };
@@ -409,6 +450,20 @@ impl<H: Handler> Context<'_, H> {
     /// [`Config::datagram_queue_limit`](crate::Config::datagram_queue_limit), and sent on
     /// WRITABLE; past the limit this is a `WouldBlock` error. Other errors (`EMSGSIZE` for
     /// an oversize datagram, ...) are returned once, and the datagram is dropped.
+    ///
+    /// Inside [`on_datagram`](crate::Handler::on_datagram) on a UDP socket (with
+    /// [`Config::udp_batch`](crate::Config::udp_batch) above 1) the datagram is copied and
+    /// gathered instead, and everything the callbacks of one receive batch sent goes out
+    /// right after that batch, in order per socket, in as few system calls as possible
+    /// (`sendmmsg`; one GSO send for a run of same-size datagrams to one address). Errors
+    /// known before sending are still returned at once: a datagram larger than UDP allows
+    /// (`EMSGSIZE`), the broadcast address 255.255.255.255, port 0, an unspecified address,
+    /// an address of the other family, a closed socket (such datagrams are sent at once,
+    /// not gathered). Errors the kernel reports only when the batch goes out (`EACCES` for a
+    /// subnet broadcast without SO_BROADCAST, no route, ...), and datagrams that find the
+    /// send queue full then, are logged and counted in
+    /// [`Stats::datagrams_dropped`](crate::Stats::datagrams_dropped); the others still go.
+    /// Everywhere else (timers, stream callbacks, posted tasks) `send_to` writes at once.
     pub fn send_to(&mut self, socket: UdpId, data: &[u8], to: &Addr) -> io::Result<()> {
         self.core.dgram_send_to(socket.0, data, to)
     }

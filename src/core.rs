@@ -19,8 +19,9 @@ use bytes::Bytes;
 use mio::{Interest, Registry};
 use slab::Slab;
 use std::cell::Cell;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 pub(crate) enum Kind {
@@ -51,6 +52,9 @@ pub(crate) enum TimerKind {
     Linger(Key),
     /// No write progress on a connection with bytes queued for `Config::send_timeout`?
     SendTimeout(Key),
+    /// A TLS handshake still unfinished after `Config::tls_handshake_timeout`?
+    #[cfg(feature = "tls")]
+    TlsHandshake(Key),
     ShutdownDeadline,
 }
 
@@ -80,11 +84,21 @@ pub(crate) struct Core {
     pub(crate) adopted: Vec<Key>,
     /// Entries marked dead this tick: `on_close`, then free, at the end of the tick.
     pub(crate) closing: VecDeque<Key>,
+    /// Open accepted connections per peer IP, and each one's IP: kept only with
+    /// `Config::max_connections_per_ip` (one hash per accept and close, none per message).
+    per_ip: HashMap<IpAddr, u32>,
+    ip_of: HashMap<Key, IpAddr>,
+    /// Reused buffer for TLS records on their way to the output queue.
+    #[cfg(feature = "tls")]
+    tls_records: Vec<u8>,
     /// Lingering sockets, oldest first (keys of ones that already ended are skipped): the
     /// oldest is dropped when room is needed under `max_connections`.
     lingering: VecDeque<Key>,
     pub(crate) stopped: bool,
     pub(crate) shutdown: Option<Shutdown>,
+    /// Batched UDP, one per loop: the receive slots lent to every UDP socket, and the cork
+    /// that gathers what `on_datagram` callbacks send during one receive batch.
+    pub(crate) udp: crate::udp::batch::Batch,
 }
 
 /// Refused connections may linger (so their refusal reply is not destroyed by an RST) up to
@@ -114,9 +128,14 @@ impl Core {
             ready_write: Vec::new(),
             adopted: Vec::new(),
             closing: VecDeque::new(),
+            per_ip: HashMap::new(),
+            ip_of: HashMap::new(),
             lingering: VecDeque::new(),
+            #[cfg(feature = "tls")]
+            tls_records: Vec::new(),
             stopped: false,
             shutdown: None,
+            udp: Default::default(),
         }
     }
 
@@ -193,6 +212,12 @@ impl Core {
                     reason => reason,
                 };
                 log::debug!("{}: {reason}", ConnId(key));
+                // Bytes still queued (or a send cut short by the output limit) are lost: reset
+                // rather than FIN, so the peer cannot take a cut-off stream for a whole one.
+                let cut = !conn.out.is_empty() || matches!(reason, CloseReason::OutputLimit);
+                if cut && conn.stream.is_tcp() {
+                    let _ = conn.stream.sock().set_linger(Some(Duration::ZERO));
+                }
                 conn.out.clear();
                 conn.input.clear();
                 conn.reason = Some(reason);
@@ -266,8 +291,9 @@ impl Core {
         })
     }
 
-    /// Buffered sendall (see `Conn::send`). Inlined: the common case is one lookup and one
-    /// `send(2)`.
+    /// Buffered sendall (see `Conn::send`). Inlined: the common case (open, nothing queued,
+    /// the kernel takes it all) is one lookup, one `send(2)` and a counter; everything else
+    /// goes through `Conn::send`'s effects, out of line.
     #[inline]
     pub(crate) fn conn_send(
         &mut self,
@@ -275,16 +301,50 @@ impl Core {
         data: &[u8],
         shared: Option<&Bytes>,
     ) -> Result<(), SendError> {
-        let (high, max) = (self.config.high_watermark, self.config.max_output);
         let Some(Kind::Conn(conn)) = live_in(&mut self.slab, key) else {
             return Err(SendError::Closed);
         };
         conn.accepts_output()?;
+        #[cfg(feature = "tls")]
+        if conn.tls.is_some() {
+            return self.tls_send(key, data);
+        }
+        match conn.send_now(data) {
+            Ok(n) => {
+                self.stats.bytes_out += n as u64;
+                if self.config.idle_timeout.is_some() {
+                    let now = self.now();
+                    if let Some(conn) = self.conn_mut(key) {
+                        conn.last_active = now;
+                    }
+                }
+                Ok(())
+            }
+            Err(written) => self.conn_send_queued(key, data, written, shared),
+        }
+    }
+
+    /// `conn_send` when the kernel did not take everything at once (`written` of `data` it
+    /// did take), or bytes were queued.
+    #[inline(never)]
+    fn conn_send_queued(
+        &mut self,
+        key: Key,
+        data: &[u8],
+        written: usize,
+        shared: Option<&Bytes>,
+    ) -> Result<(), SendError> {
+        let (high, max) = (self.config.high_watermark, self.config.max_output);
+        let Some(Kind::Conn(conn)) = live_in(&mut self.slab, key) else {
+            return Err(SendError::Closed);
+        };
         let (high, max) = match &conn.limits {
             Some(l) => (l.high, l.max_output),
             None => (high, max),
         };
-        let effects = conn.send(data, shared, high, max);
+        let shared = shared.map(|b| b.slice(written..));
+        let mut effects = conn.send(&data[written..], shared.as_ref(), high, max);
+        effects.written += written;
         let refused = match &effects.close {
             None => None,
             Some(CloseReason::OutputLimit) => {
@@ -391,10 +451,21 @@ impl Core {
         }
     }
 
-    /// Graceful close: flush what is queued, then FIN.
+    /// Graceful close: flush what is queued (over TLS, then close_notify), then FIN.
     pub(crate) fn conn_close(&mut self, key: Key) {
+        #[cfg(feature = "tls")]
+        self.tls_close_notify(key);
         if let Some(reason) = self.conn_mut(key).and_then(Conn::close) {
             self.kill(key, reason);
+        }
+    }
+
+    /// FIN after the queue drains (over TLS, close_notify first); reading goes on.
+    pub(crate) fn conn_shutdown_write(&mut self, key: Key) {
+        #[cfg(feature = "tls")]
+        self.tls_close_notify(key);
+        if let Some(conn) = self.conn_mut(key) {
+            conn.shutdown_write();
         }
     }
 
@@ -584,6 +655,37 @@ impl Core {
         }
     }
 
+    /// Whether a connection from `ip` fits under `max_connections_per_ip`.
+    pub(crate) fn ip_has_room(&self, ip: Option<IpAddr>) -> bool {
+        match (self.config.max_connections_per_ip, ip) {
+            (Some(cap), Some(ip)) => self.per_ip.get(&ip).map_or(0, |&n| n as usize) < cap,
+            _ => true,
+        }
+    }
+
+    /// Counts an accepted connection against its peer's IP (with a per-IP cap only).
+    pub(crate) fn count_ip(&mut self, key: Key, ip: Option<IpAddr>) {
+        if let (Some(_), Some(ip)) = (self.config.max_connections_per_ip, ip) {
+            *self.per_ip.entry(ip).or_insert(0) += 1;
+            self.ip_of.insert(key, ip);
+        }
+    }
+
+    /// A counted connection is gone.
+    pub(crate) fn uncount_ip(&mut self, key: Key) {
+        if self.ip_of.is_empty() {
+            return;
+        }
+        if let Some(ip) = self.ip_of.remove(&key) {
+            if let Some(n) = self.per_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_ip.remove(&ip);
+                }
+            }
+        }
+    }
+
     /// Whether another socket fits: connections and lingering sockets together stay under
     /// `max_connections` (+ `slack`); the oldest lingering sockets are dropped to make room.
     /// So whatever peers do, descriptors stay bounded by `max_connections` + a constant.
@@ -676,7 +778,11 @@ impl Core {
         }
     }
 
-    /// `send_to` on datagram socket `key`.
+    /// `send_to` on datagram socket `key`. While the loop delivers a receive batch (the
+    /// cork is active), a UDP datagram that may be gathered (`Dgram::can_gather`) is copied
+    /// into the cork and sent with the others right after the batch (`dgram_flush`); errors
+    /// then are counted and logged there. Anything else is sent now, after what this socket
+    /// gathered (order holds), and its error, if any, is returned.
     pub(crate) fn dgram_send_to(
         &mut self,
         key: Key,
@@ -684,6 +790,21 @@ impl Core {
         to: &crate::Addr,
     ) -> io::Result<()> {
         let limit = self.config.datagram_queue_limit;
+        let Some(Kind::Dgram(d)) = live_in(&mut self.slab, key) else {
+            return Err(io::ErrorKind::NotConnected.into());
+        };
+        if self.udp.cork.active {
+            if let Some(to) = d.can_gather(data, to) {
+                if self.udp.cork.push(key, data, to) {
+                    // Full: what is gathered goes now, the batch goes on.
+                    self.dgram_flush(key);
+                }
+                return Ok(());
+            }
+            if self.udp.cork.holds(key) {
+                self.dgram_flush(key);
+            }
+        }
         let Some(Kind::Dgram(d)) = live_in(&mut self.slab, key) else {
             return Err(io::ErrorKind::NotConnected.into());
         };
@@ -699,12 +820,46 @@ impl Core {
         result.map(drop)
     }
 
-    /// WRITABLE on a datagram socket: send what is queued, drop WRITABLE once it is empty.
+    /// Sends what the cork gathered (every socket's, each in order, in batches), then what
+    /// `key` has queued (WRITABLE); drops WRITABLE once that queue is empty. A socket closed
+    /// during the batch still sends what it gathered: it stays open until the reaper.
     pub(crate) fn dgram_flush(&mut self, key: Key) {
+        let (batch, offload) = (self.config.udp_batch, self.config.udp_offload);
+        let limit = self.config.datagram_queue_limit;
+        let mut just_blocked = false;
+        if !self.udp.cork.is_empty() {
+            let active = self.udp.cork.active;
+            let mut cork = std::mem::take(&mut self.udp.cork);
+            for k in cork.keys() {
+                let (d, closed) = match self.slab.get_mut(k.slot as usize) {
+                    Some(Entry {
+                        generation,
+                        dead,
+                        kind: Kind::Dgram(d),
+                    }) if *generation == k.generation => (d, *dead),
+                    _ => continue,
+                };
+                let run = cork.of(k);
+                let (sent, dropped, rearm) =
+                    d.send_gathered(UdpId(k), &run, batch, offload, limit, closed);
+                just_blocked |= k == key && !d.queue.is_empty();
+                self.stats.datagrams_out += sent;
+                self.stats.datagrams_dropped += dropped;
+                if rearm {
+                    self.reregister_dgram(k);
+                }
+            }
+            cork.clear();
+            cork.active = active;
+            self.udp.cork = cork;
+        }
         let Some(Kind::Dgram(d)) = live_in(&mut self.slab, key) else {
             return;
         };
-        let (sent, dropped, rearm) = d.flush(UdpId(key));
+        if just_blocked || (d.queue.is_empty() && !d.writable_armed) {
+            return;
+        }
+        let (sent, dropped, rearm) = d.flush(UdpId(key), batch, offload);
         self.stats.datagrams_out += sent;
         self.stats.datagrams_dropped += dropped;
         if rearm {
@@ -782,5 +937,108 @@ impl Core {
     /// lingering socket's peer may still be reading our reply's tail).
     pub(crate) fn shutdown_done(&self) -> bool {
         self.shutdown.is_some() && self.stats.connections_open == 0 && self.stats.lingering == 0
+    }
+}
+
+/// TLS connections (feature `tls`): plaintext in, records out through the ordinary queue.
+#[cfg(feature = "tls")]
+impl Core {
+    /// A TLS connection is registered: its handshake has `tls_handshake_timeout` to finish.
+    pub(crate) fn tls_attach(&mut self, key: Key, session: crate::tls::Tls) {
+        let timeout = self.config.tls_handshake_timeout;
+        if let Some(conn) = self.conn_mut(key) {
+            conn.tls = Some(Box::new(session));
+        }
+        self.set_timer(timeout, None, TimerKind::TlsHandshake(key));
+        // A client's first flight (ClientHello) is ready at once.
+        self.tls_flush_records(key);
+    }
+
+    /// The handshake timer: close a connection still handshaking.
+    pub(crate) fn tls_handshake_check(&mut self, key: Key) {
+        let handshaking = self
+            .conn_mut(key)
+            .and_then(|c| c.tls.as_ref())
+            .is_some_and(|t| t.is_handshaking());
+        if handshaking {
+            self.conn_reset(key, CloseReason::TlsHandshakeTimeout);
+        }
+    }
+
+    /// `send` on a TLS connection: encrypt, then send or queue the records. Before the
+    /// handshake finishes rustls keeps the plaintext, counted toward `max_output`.
+    #[inline(never)]
+    fn tls_send(&mut self, key: Key, plain: &[u8]) -> Result<(), SendError> {
+        let max = self.config.max_output;
+        let Some(Kind::Conn(conn)) = live_in(&mut self.slab, key) else {
+            return Err(SendError::Closed);
+        };
+        let max = conn.limits.as_ref().map_or(max, |l| l.max_output);
+        let tls = conn.tls.as_deref_mut().expect("a TLS connection");
+        if (tls.early() + conn.out.in_memory()).saturating_add(plain.len()) > max {
+            log::warn!("{}: output limit of {max} bytes reached", ConnId(key));
+            self.conn_reset(key, CloseReason::OutputLimit);
+            return Err(SendError::OutputLimit);
+        }
+        let mut records = std::mem::take(&mut self.tls_records);
+        let result = match tls.encrypt(plain, &mut records) {
+            Ok(()) => self.write_records(key, &records),
+            Err(e) => {
+                self.kill(key, CloseReason::Tls(e));
+                Err(SendError::Closed)
+            }
+        };
+        records.clear();
+        self.tls_records = records;
+        result
+    }
+
+    /// Sends whatever records the session has ready (handshake, alerts, data released by
+    /// the handshake's end).
+    pub(crate) fn tls_flush_records(&mut self, key: Key) {
+        let Some(Kind::Conn(conn)) = live_in(&mut self.slab, key) else {
+            return;
+        };
+        let Some(tls) = conn.tls.as_deref_mut() else {
+            return;
+        };
+        let mut records = std::mem::take(&mut self.tls_records);
+        tls.take_records(&mut records);
+        if !records.is_empty() {
+            let _ = self.write_records(key, &records);
+        }
+        records.clear();
+        self.tls_records = records;
+    }
+
+    /// close_notify, once, ahead of the FIN.
+    fn tls_close_notify(&mut self, key: Key) {
+        let Some(Kind::Conn(conn)) = live_in(&mut self.slab, key) else {
+            return;
+        };
+        let Some(tls) = conn.tls.as_deref_mut() else {
+            return;
+        };
+        let mut records = std::mem::take(&mut self.tls_records);
+        tls.close_notify(&mut records);
+        if !records.is_empty() {
+            let _ = self.write_records(key, &records);
+        }
+        records.clear();
+        self.tls_records = records;
+    }
+
+    /// Ciphertext to the socket: sent now if nothing is queued, else queued in order.
+    fn write_records(&mut self, key: Key, records: &[u8]) -> Result<(), SendError> {
+        let Some(conn) = self.conn_mut(key) else {
+            return Err(SendError::Closed);
+        };
+        match conn.send_now(records) {
+            Ok(n) => {
+                self.stats.bytes_out += n as u64;
+                Ok(())
+            }
+            Err(written) => self.conn_send_queued(key, records, written, None),
+        }
     }
 }

@@ -11,6 +11,7 @@ use crate::stream::Stream;
 use crate::token::Key;
 use crate::{CloseReason, ConnId, Context, Handler, ListenerId, UdpId};
 use mio::event::Event;
+use std::net::IpAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 /// Readiness of one event, as the dispatcher reads it (mio's `Event` can't be built by hand,
@@ -72,11 +73,7 @@ impl<H: Handler> User<H> {
     }
 
     /// Moves the states of connections started by the last callback beside them.
-    #[inline]
     pub(crate) fn adopt(&mut self) {
-        if self.pending.states.is_empty() {
-            return;
-        }
         let mut states = std::mem::take(&mut self.pending.states);
         for (key, state) in states.drain(..) {
             self.put_state(key, state);
@@ -138,16 +135,23 @@ pub(crate) fn invoke_conn<H: Handler>(
 }
 
 /// After a callback: the states of connections it started go beside them, and connections
-/// it adopted get their default state and `on_open`.
-#[inline]
+/// it adopted get their default state and `on_open`. Two length checks when there is
+/// nothing to do (every callback on the data path).
+#[inline(always)]
 pub(crate) fn settle<H: Handler>(core: &mut Core, user: &mut User<H>) {
+    if !user.pending.states.is_empty() || !core.adopted.is_empty() {
+        settle_slow(core, user);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn settle_slow<H: Handler>(core: &mut Core, user: &mut User<H>) {
     user.adopt();
-    if !core.adopted.is_empty() {
-        for key in std::mem::take(&mut core.adopted) {
-            if core.conn_mut(key).is_some() {
-                user.put_state(key, H::Conn::default());
-                invoke_conn(core, user, key, |h, cx, st| h.on_open(cx, ConnId(key), st));
-            }
+    for key in std::mem::take(&mut core.adopted) {
+        if core.conn_mut(key).is_some() {
+            user.put_state(key, H::Conn::default());
+            invoke_conn(core, user, key, |h, cx, st| h.on_open(cx, ConnId(key), st));
         }
     }
 }
@@ -230,12 +234,18 @@ fn dispatch_other<H: Handler>(
 pub(crate) fn read<H: Handler>(core: &mut Core, user: &mut User<H>, buf: &mut [u8], key: Key) {
     let pause = core.config.pause_read_when_congested;
     let mut budget = core.config.read_budget;
+    // The clock is read only if an idle timeout needs the stamp.
+    let stamp = core.config.idle_timeout.map(|_| core.now());
     loop {
         let Some(conn) = core.conn_mut(key) else {
             return;
         };
         if !conn.wants_read(pause) {
             return;
+        }
+        #[cfg(feature = "tls")]
+        if conn.tls.is_some() {
+            return tls_read(core, user, buf, key);
         }
         if conn.replay {
             // Reading resumed: what was kept is presented again, even without new bytes.
@@ -248,14 +258,17 @@ pub(crate) fn read<H: Handler>(core: &mut Core, user: &mut User<H>, buf: &mut [u
         }
         match conn.read_step(buf) {
             ReadStep::Data(n, drained) => {
-                core.stats.bytes_in += n as u64;
-                if core.config.idle_timeout.is_some() {
-                    let now = core.now();
-                    if let Some(conn) = core.conn_mut(key) {
-                        conn.last_active = now;
-                    }
+                if let Some(t) = stamp {
+                    conn.last_active = t;
                 }
-                deliver(core, user, key, &buf[..n]);
+                // Kept input is joined with the new bytes; otherwise they are handed over
+                // straight from the read buffer, without a copy.
+                let kept = (!conn.input.is_empty()).then(|| conn.input.take());
+                core.stats.bytes_in += n as u64;
+                match kept {
+                    Some(input) => present_kept(core, user, key, input, &buf[..n]),
+                    None => deliver(core, user, key, &buf[..n]),
+                }
                 if drained {
                     return;
                 }
@@ -282,17 +295,131 @@ pub(crate) fn read<H: Handler>(core: &mut Core, user: &mut User<H>, buf: &mut [u
     }
 }
 
-/// Hands freshly read bytes to `on_data`: straight from the read buffer when nothing was
-/// kept (no copy), else joined to the kept input.
+/// The read loop of a TLS connection: plaintext the session already holds goes to the
+/// handler first (reading may have been paused), then ciphertext is read from the socket
+/// into the first part of `buf` and fed to the session, whose plaintext comes out into the
+/// last part and is delivered as on a plain connection (kept input and all). Records the
+/// session answers with (handshake, alerts) leave through the output queue.
+#[cfg(feature = "tls")]
+#[inline(never)]
+fn tls_read<H: Handler>(core: &mut Core, user: &mut User<H>, buf: &mut [u8], key: Key) {
+    let pause = core.config.pause_read_when_congested;
+    let mut budget = core.config.read_budget;
+    let stamp = core.config.idle_timeout.map(|_| core.now());
+    let plain_len = (buf.len() / 2).min(16 * 1024);
+    let (cipher, plain) = buf.split_at_mut(buf.len() - plain_len);
+    loop {
+        // 1. Plaintext the session holds.
+        if !tls_deliver(core, user, key, plain, pause) {
+            return;
+        }
+        // 2. Ciphertext from the socket.
+        let Some(conn) = core.conn_mut(key) else {
+            return;
+        };
+        let (n, drained) = match conn.read_step(cipher) {
+            ReadStep::Data(n, drained) => (n, drained),
+            ReadStep::Eof => {
+                // The peer closed TCP (with or without close_notify first).
+                invoke_conn(core, user, key, |h, cx, st| {
+                    h.on_peer_eof(cx, ConnId(key), st)
+                });
+                return;
+            }
+            ReadStep::Blocked => return,
+            ReadStep::Error(e) => return core.kill(key, CloseReason::Error(e)),
+        };
+        if let Some(t) = stamp {
+            conn.last_active = t;
+        }
+        core.stats.bytes_in += n as u64;
+        // 3. Into the session, delivering plaintext whenever it holds back.
+        let mut at = 0;
+        while at < n {
+            let Some(tls) = core.conn_mut(key).and_then(|c| c.tls.as_deref_mut()) else {
+                return;
+            };
+            let fed = tls.feed(&cipher[at..n]);
+            core.tls_flush_records(key);
+            match fed {
+                Ok(k) => at += k,
+                Err(e) => {
+                    log::debug!("{}: TLS: {e}", ConnId(key));
+                    return core.kill(key, CloseReason::Tls(e));
+                }
+            }
+            if !tls_deliver(core, user, key, plain, pause) {
+                return;
+            }
+        }
+        if drained {
+            return;
+        }
+        budget = budget.saturating_sub(n);
+        if budget == 0 {
+            core.ready.push(key);
+            return;
+        }
+    }
+}
+
+/// Hands the session's plaintext to `on_data` while the connection wants input; false if
+/// the connection is gone, closing, paused or at its end (stop reading).
+#[cfg(feature = "tls")]
+fn tls_deliver<H: Handler>(
+    core: &mut Core,
+    user: &mut User<H>,
+    key: Key,
+    plain: &mut [u8],
+    pause: bool,
+) -> bool {
+    loop {
+        let Some(conn) = core.conn_mut(key) else {
+            return false;
+        };
+        if !conn.wants_read(pause) {
+            return false;
+        }
+        if conn.replay {
+            conn.replay = false;
+            if !conn.input.is_empty() {
+                let input = conn.input.take();
+                present_kept(core, user, key, input, &[]);
+                continue;
+            }
+        }
+        let Some(tls) = conn.tls.as_deref_mut() else {
+            return false;
+        };
+        match tls.read_plain(plain) {
+            Ok(0) => {
+                // close_notify: the peer's end of the stream.
+                conn.eof = true;
+                invoke_conn(core, user, key, |h, cx, st| {
+                    h.on_peer_eof(cx, ConnId(key), st)
+                });
+                return false;
+            }
+            Ok(m) => {
+                let kept = (!conn.input.is_empty()).then(|| conn.input.take());
+                match kept {
+                    Some(input) => present_kept(core, user, key, input, &plain[..m]),
+                    None => deliver(core, user, key, &plain[..m]),
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+            Err(e) => {
+                core.kill(key, CloseReason::Tls(e));
+                return false;
+            }
+        }
+    }
+}
+
+/// Hands freshly read bytes, with nothing kept before them, to `on_data`: borrowed from the
+/// read buffer (no copy). Only what the handler leaves unconsumed is copied, to be kept.
 #[inline]
 fn deliver<H: Handler>(core: &mut Core, user: &mut User<H>, key: Key, data: &[u8]) {
-    let Some(conn) = core.conn_mut(key) else {
-        return;
-    };
-    if !conn.input.is_empty() {
-        let input = conn.input.take();
-        return present_kept(core, user, key, input, data);
-    }
     let mut consumed = data.len();
     invoke_conn(core, user, key, |h, cx, st| {
         consumed = h.on_data(cx, ConnId(key), st, data);
@@ -377,10 +504,10 @@ pub(crate) fn accept<H: Handler>(core: &mut Core, user: &mut User<H>, key: Key) 
             return;
         }
         match l.accept() {
-            Accepted::Conn(stream) => {
+            Accepted::Conn(stream, ip) => {
                 l.failures = 0;
                 if let Some(stream) = l.route(stream) {
-                    open_accepted(core, user, stream, id);
+                    open_accepted(core, user, stream, ip, id);
                 }
             }
             Accepted::Blocked => return,
@@ -412,17 +539,23 @@ pub(crate) fn accept_retry<H: Handler>(core: &mut Core, user: &mut User<H>, key:
     }
 }
 
-/// Registers an accepted connection and hands it to `on_open`; past `max_connections` it
-/// gets the refusal reply and is closed.
+/// Registers an accepted connection and hands it to `on_open`; past `max_connections`, or
+/// past `max_connections_per_ip` for its peer's address, it gets the refusal reply and is
+/// closed.
 fn open_accepted<H: Handler>(
     core: &mut Core,
     user: &mut User<H>,
     stream: Stream,
+    ip: Option<IpAddr>,
     origin: ListenerId,
 ) {
-    if core.stats.connections_open >= core.config.max_connections as u64 {
+    let full = core.stats.connections_open >= core.config.max_connections as u64;
+    if full || !core.ip_has_room(ip) {
         core.stats.refused += 1;
-        log::debug!("refused a connection: {} open", core.stats.connections_open);
+        log::debug!(
+            "refused a connection from {ip:?}: {} open",
+            core.stats.connections_open
+        );
         if let Some(reply) = &core.config.refusal_reply {
             let _ = stream.send(reply);
             // As after any clean close: FIN, and linger (within bounds) so the client's
@@ -433,9 +566,22 @@ fn open_accepted<H: Handler>(
     }
     // Lingering sockets count toward the limit: the oldest gives way to a new connection.
     core.make_room(0);
+    #[cfg(feature = "tls")]
+    let tls = match core.live_mut(origin.0) {
+        Some(Kind::Listener(l)) => l.tls.clone(),
+        _ => None,
+    };
     match core.register_conn(stream, State::Open, Some(origin)) {
         Ok(key) => {
             core.stats.accepted += 1;
+            core.count_ip(key, ip);
+            #[cfg(feature = "tls")]
+            if let Some(config) = tls {
+                match crate::tls::Tls::server(config) {
+                    Ok(session) => core.tls_attach(key, session),
+                    Err(e) => core.kill(key, CloseReason::Tls(e)),
+                }
+            }
             user.put_state(key, H::Conn::default());
             invoke_conn(core, user, key, |h, cx, st| h.on_open(cx, ConnId(key), st));
         }
@@ -443,43 +589,144 @@ fn open_accepted<H: Handler>(
     }
 }
 
-/// Receives datagrams on `key` until `WouldBlock` or the budget, each to `on_datagram`.
-/// A datagram that fills the whole buffer may have been cut short: dropped, not handed over.
+/// Receives datagrams on `key` until `WouldBlock` or the budget (`datagram_budget`
+/// datagrams a tick), each to its own `on_datagram` with its sender. A datagram that fills
+/// its whole buffer may have been cut short: dropped and counted, never handed over.
+///
+/// UDP sockets (with `udp_batch` > 1) receive in batches: one `recvmmsg` into the loop's
+/// slots, GRO runs split again by their stride; what the batch's callbacks send is gathered
+/// (the cork) and sent right after it, in batches (`Core::dgram_flush`). A short batch means
+/// the socket is drained: on Linux a datagram that comes later raises a new edge. Unix
+/// sockets, or `udp_batch` 1: one `recvfrom` at a time into the loop's read buffer, and
+/// sends are written at once.
 fn recv_datagrams<H: Handler>(core: &mut Core, user: &mut User<H>, buf: &mut [u8], key: Key) {
     let id = UdpId(key);
-    for _ in 0..core.config.datagram_budget {
-        let Some(Kind::Dgram(d)) = core.live_mut(key) else {
-            return;
-        };
-        match d.socket.recv_from(buf) {
-            Ok((n, _)) if n == buf.len() => {
-                core.stats.datagrams_dropped += 1;
-                log::warn!("{id}: datagram of {n}+ bytes may be truncated; dropped");
+    let batch = core.config.udp_batch;
+    let Some(Kind::Dgram(d)) = core.live_mut(key) else {
+        return;
+    };
+    if batch <= 1 || d.udp_fd().is_none() {
+        for _ in 0..core.config.datagram_budget {
+            let Some(Kind::Dgram(d)) = core.live_mut(key) else {
+                return;
+            };
+            match d.socket.recv_from(buf) {
+                Ok((n, _)) if n == buf.len() => {
+                    core.stats.datagrams_dropped += 1;
+                    log::warn!("{id}: datagram of {n}+ bytes may be truncated; dropped");
+                }
+                Ok((n, from)) => {
+                    core.stats.datagrams_in += 1;
+                    invoke(core, user, None, |h, cx| {
+                        h.on_datagram(cx, id, &buf[..n], &from)
+                    });
+                }
+                // Drained.
+                Err(e) if crate::stream::would_block(&e) => return,
+                Err(e) if crate::stream::interrupted(&e) => {}
+                // An ICMP error for an earlier send (ECONNREFUSED, ...): reading it cleared it.
+                Err(e) => log::debug!("{id}: {e}"),
             }
-            Ok((n, from)) => {
-                core.stats.datagrams_in += 1;
-                invoke(core, user, None, |h, cx| {
-                    h.on_datagram(cx, id, &buf[..n], &from)
-                });
+        }
+        core.ready.push(key);
+        return;
+    }
+    let (slot, offload) = (core.config.read_buffer_size, core.config.udp_offload);
+    let mut budget = core.config.datagram_budget;
+    // The slots are lent out of `Core` while the callbacks get slices of them.
+    let mut bufs = std::mem::take(&mut core.udp.recv);
+    // Whether the budget ran out with datagrams maybe still waiting.
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        loop {
+            let Some(Kind::Dgram(d)) = core.live_mut(key) else {
+                return false;
+            };
+            let want = batch.min(budget);
+            let n = match d.recv_batch(&mut bufs, want, slot, offload) {
+                Ok(n) => n,
+                Err(e) if crate::stream::would_block(&e) => return false,
+                Err(e) if crate::stream::interrupted(&e) => continue,
+                // An ICMP error for an earlier send (ECONNREFUSED, ...): reading it cleared it.
+                Err(e) => {
+                    log::debug!("{id}: {e}");
+                    budget -= 1;
+                    if budget == 0 {
+                        return true;
+                    }
+                    continue;
+                }
+            };
+            core.udp.cork.active = true;
+            'messages: for i in 0..n {
+                let r = bufs.got[i];
+                budget = budget.saturating_sub(1);
+                let from = match r.from {
+                    Some(from) if !r.truncated && r.len < slot => crate::Addr::Inet(from),
+                    _ => {
+                        core.stats.datagrams_dropped += 1;
+                        let n = r.len;
+                        log::warn!("{id}: datagram of {n}+ bytes may be truncated; dropped");
+                        continue;
+                    }
+                };
+                let data = bufs.data(i);
+                // A GRO run: datagrams of `stride` bytes, the last maybe shorter. An empty
+                // datagram is one datagram too.
+                let stride = r.stride.max(1);
+                let mut rest = data;
+                loop {
+                    let (one, next) = rest.split_at(stride.min(rest.len()));
+                    core.stats.datagrams_in += 1;
+                    invoke(core, user, None, |h, cx| h.on_datagram(cx, id, one, &from));
+                    if core.live_mut(key).is_none() {
+                        // Closed by the handler: the rest of the batch goes with it.
+                        break 'messages;
+                    }
+                    if next.is_empty() {
+                        break;
+                    }
+                    budget = budget.saturating_sub(1);
+                    rest = next;
+                }
             }
-            // Drained.
-            Err(e) if crate::stream::would_block(&e) => return,
-            Err(e) if crate::stream::interrupted(&e) => {}
-            // An ICMP error for an earlier send (ECONNREFUSED, ...): reading it cleared it.
-            Err(e) => log::debug!("{id}: {e}"),
+            core.udp.cork.active = false;
+            if !core.udp.cork.is_empty() {
+                core.dgram_flush(key);
+            }
+            if n < want || core.live_mut(key).is_none() {
+                return false; // drained, or closed
+            }
+            if budget == 0 {
+                return true;
+            }
+        }
+    }));
+    core.udp.recv = bufs;
+    core.udp.cork.active = false;
+    match outcome {
+        Ok(true) => core.ready.push(key),
+        Ok(false) => {}
+        Err(panic) => {
+            // A callback panicked with `catch_panics` off: send what was gathered, unwind on.
+            core.dgram_flush(key);
+            std::panic::resume_unwind(panic);
         }
     }
-    core.ready.push(key);
 }
 
 /// Fires the timers due at the tick's `now`. A callback may set a timer that is due at
 /// once; the budget (timers pending at the start) leaves such ones to the next tick rather
 /// than looping forever.
+#[inline(always)]
 pub(crate) fn fire_timers<H: Handler>(core: &mut Core, user: &mut User<H>) {
-    let mut budget = core.timers.len();
-    if budget == 0 {
-        return;
+    if !core.timers.is_empty() {
+        fire_due_timers(core, user);
     }
+}
+
+#[inline(never)]
+fn fire_due_timers<H: Handler>(core: &mut Core, user: &mut User<H>) {
+    let mut budget = core.timers.len();
     let now = core.now();
     while budget > 0 {
         budget -= 1;
@@ -505,6 +752,8 @@ pub(crate) fn fire_timers<H: Handler>(core: &mut Core, user: &mut User<H>) {
                 }
             }
             TimerKind::SendTimeout(key) => core.send_check(key),
+            #[cfg(feature = "tls")]
+            TimerKind::TlsHandshake(key) => core.tls_handshake_check(key),
             TimerKind::ShutdownDeadline => core.shutdown_deadline(),
         }
     }
@@ -515,7 +764,10 @@ pub(crate) fn fire_timers<H: Handler>(core: &mut Core, user: &mut User<H>) {
 /// marked dead) and its slot freed *before* calling out, so a callback that panics out of
 /// the loop can leave neither a second `on_close` nor a stale key behind.
 pub(crate) fn reap<H: Handler>(core: &mut Core, user: &mut User<H>) {
+    settle(core, user);
     while let Some(key) = core.closing.pop_front() {
+        // An `on_close` may have started (and closed) connections: their states first.
+        settle(core, user);
         match core.slab.get(key.slot as usize) {
             Some(e) if e.generation == key.generation && e.dead => {}
             _ => continue,
@@ -528,6 +780,7 @@ pub(crate) fn reap<H: Handler>(core: &mut Core, user: &mut User<H>) {
                 let linger = reason.is_clean() && !c.eof;
                 core.stats.connections_open -= 1;
                 core.stats.closed.count(&reason);
+                core.uncount_ip(key);
                 let state = user
                     .states
                     .get_mut(key.slot as usize)

@@ -50,6 +50,8 @@ mod sockopt;
 mod stats;
 mod stream;
 mod timers;
+#[cfg(feature = "tls")]
+pub mod tls;
 mod token;
 mod udp;
 mod unix;

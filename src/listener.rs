@@ -12,6 +12,7 @@ use crate::{Addr, stream::Stream};
 use mio::event::Source;
 use mio::net::{TcpListener, UnixListener};
 use std::io;
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 pub(crate) enum Listener {
@@ -28,6 +29,9 @@ pub(crate) struct ListenerEntry {
     pub(crate) socket: Listener,
     /// Set for a listener whose connections are spread over several loops.
     pub(crate) hand_off: Option<HandOff>,
+    /// Set for a TLS listener: each accepted connection gets a server session.
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     /// Waiting for the retry timer after EMFILE/ENFILE/ENOBUFS/ENOMEM.
     pub(crate) backing_off: bool,
     /// Back-offs in a row without a connection accepted in between.
@@ -42,10 +46,13 @@ impl Listener {
         }
     }
 
-    fn accept(&self) -> io::Result<Stream> {
+    /// A connection and, for TCP, the peer's IP address.
+    fn accept(&self) -> io::Result<(Stream, Option<IpAddr>)> {
         match self {
-            Listener::Tcp(l) => l.accept().map(|(s, _)| Stream::Tcp(s)),
-            Listener::Unix(l, _) => l.accept().map(|(s, _)| Stream::Unix(s)),
+            Listener::Tcp(l) => l
+                .accept()
+                .map(|(s, a)| (Stream::Tcp(s), Some(a.ip().to_canonical()))),
+            Listener::Unix(l, _) => l.accept().map(|(s, _)| (Stream::Unix(s), None)),
         }
     }
 
@@ -59,7 +66,8 @@ impl Listener {
 
 /// What one `accept` came to.
 pub(crate) enum Accepted {
-    Conn(Stream),
+    /// A connection, and the peer's IP address (TCP).
+    Conn(Stream, Option<IpAddr>),
     /// Drained: the next connection raises a new edge.
     Blocked,
     /// The kernel reported an error about one pending connection (it was reset, the
@@ -87,7 +95,7 @@ impl ListenerEntry {
     pub(crate) fn accept(&self) -> Accepted {
         loop {
             return match self.socket.accept() {
-                Ok(stream) => Accepted::Conn(stream),
+                Ok((stream, ip)) => Accepted::Conn(stream, ip),
                 Err(e) if would_block(&e) => Accepted::Blocked,
                 Err(e) if interrupted(&e) => continue,
                 Err(e) => match e.raw_os_error() {

@@ -113,6 +113,16 @@ impl<H: Handler> EventLoop<H> {
         self.context().bind_udp(addr)
     }
 
+    /// Listens with TLS; see [`Context::listen_tls`].
+    #[cfg(feature = "tls")]
+    pub fn listen_tls(
+        &mut self,
+        addr: SocketAddr,
+        config: std::sync::Arc<rustls::ServerConfig>,
+    ) -> io::Result<ListenerId> {
+        self.context().listen_tls(addr, config)
+    }
+
     /// Starts an outbound TCP connect with its connection state; see [`Context::connect`].
     pub fn connect(&mut self, addr: SocketAddr, state: H::Conn) -> io::Result<ConnId> {
         let id = self.context().connect(addr, state);
@@ -267,7 +277,6 @@ impl<H: Handler> EventLoop<H> {
             };
             if !self.core.ready.is_empty()
                 || !self.core.ready_write.is_empty()
-
                 || !self.core.closing.is_empty()
                 || !self.user.pending.deferred.is_empty()
             {

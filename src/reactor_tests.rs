@@ -178,8 +178,10 @@ fn one_accepted(config: Config) -> (EventLoop<Rec>, TcpStream, std::net::SocketA
 /// could forge or guess: ids are sequential) are refused, and those timers stay armed.
 #[test]
 fn cancel_timer_cannot_cancel_the_loops_own_timers() {
-    let mut config = Config::default();
-    config.idle_timeout = Some(Duration::from_secs(60));
+    let config = Config {
+        idle_timeout: Some(Duration::from_secs(60)),
+        ..Config::default()
+    };
     let (mut el, _client, addr, conn) = one_accepted(config);
     let idle: TimerId = el
         .core()

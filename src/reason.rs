@@ -27,6 +27,13 @@ pub enum CloseReason {
     /// Bytes were queued and none of them left for
     /// [`Config::send_timeout`](crate::Config::send_timeout): the peer stopped reading.
     SendTimeout,
+    /// TLS failed: a handshake that did not succeed (an untrusted certificate, no common
+    /// protocol), a bad record, or bytes that are not TLS at all. The alert telling the peer
+    /// was sent first.
+    Tls(io::Error),
+    /// The TLS handshake did not finish within
+    /// [`Config::tls_handshake_timeout`](crate::Config::tls_handshake_timeout).
+    TlsHandshakeTimeout,
     /// An outbound connect failed (refused, unreachable, ...); the connection never opened.
     ConnectFailed(io::Error),
     /// An outbound connect did not finish within its timeout; it never opened.
@@ -55,6 +62,8 @@ impl fmt::Display for CloseReason {
             CloseReason::OutputLimit => f.write_str("output limit exceeded"),
             CloseReason::InputLimit => f.write_str("input limit exceeded"),
             CloseReason::SendTimeout => f.write_str("send timed out"),
+            CloseReason::Tls(e) => write!(f, "TLS: {e}"),
+            CloseReason::TlsHandshakeTimeout => f.write_str("TLS handshake timed out"),
             CloseReason::ConnectFailed(e) => write!(f, "connect failed: {e}"),
             CloseReason::ConnectTimeout => f.write_str("connect timed out"),
             CloseReason::Shutdown => f.write_str("shutdown deadline"),

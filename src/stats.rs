@@ -58,6 +58,8 @@ pub struct ClosedCounts {
     pub output_limit: u64,
     pub input_limit: u64,
     pub send_timeout: u64,
+    pub tls: u64,
+    pub tls_handshake_timeout: u64,
     pub connect_failed: u64,
     pub connect_timeout: u64,
     pub shutdown: u64,
@@ -75,6 +77,8 @@ impl ClosedCounts {
             CloseReason::OutputLimit => &mut self.output_limit,
             CloseReason::InputLimit => &mut self.input_limit,
             CloseReason::SendTimeout => &mut self.send_timeout,
+            CloseReason::Tls(_) => &mut self.tls,
+            CloseReason::TlsHandshakeTimeout => &mut self.tls_handshake_timeout,
             CloseReason::ConnectFailed(_) => &mut self.connect_failed,
             CloseReason::ConnectTimeout => &mut self.connect_timeout,
             CloseReason::Shutdown => &mut self.shutdown,
@@ -93,6 +97,8 @@ impl ClosedCounts {
             + self.output_limit
             + self.input_limit
             + self.send_timeout
+            + self.tls
+            + self.tls_handshake_timeout
             + self.connect_failed
             + self.connect_timeout
             + self.shutdown
@@ -133,6 +139,8 @@ impl ClosedCounts {
         self.output_limit += other.output_limit;
         self.input_limit += other.input_limit;
         self.send_timeout += other.send_timeout;
+        self.tls += other.tls;
+        self.tls_handshake_timeout += other.tls_handshake_timeout;
         self.connect_failed += other.connect_failed;
         self.connect_timeout += other.connect_timeout;
         self.shutdown += other.shutdown;

@@ -1223,7 +1223,8 @@ fn zero_accept_or_datagram_budget_is_refused_by_with_config() {
     }
     let zero_accept = |c: &mut Config| c.accept_budget = 0;
     let zero_datagram = |c: &mut Config| c.datagram_budget = 0;
-    let cases: [(&str, &dyn Fn(&mut Config)); 2] = [
+    type Breaks<'a> = (&'a str, &'a dyn Fn(&mut Config));
+    let cases: [Breaks<'_>; 2] = [
         ("accept_budget", &zero_accept),
         ("datagram_budget", &zero_datagram),
     ];

@@ -228,3 +228,72 @@ fn huge_timeouts_mean_never() {
     assert_eq!(round_trip(&mut c, b"still here"), b"still here");
     server.stop();
 }
+
+struct Echo;
+
+impl Handler for Echo {
+    type Conn = ();
+    fn on_data(
+        &mut self,
+        cx: &mut Context<'_, Self>,
+        conn: ConnId,
+        _: &mut (),
+        input: &[u8],
+    ) -> usize {
+        cx.send(conn, input).unwrap();
+        input.len()
+    }
+}
+
+/// A client bound to a given loopback source address.
+fn client_from(source: &str, addr: std::net::SocketAddr) -> TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let from: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
+    s.bind(&from.into()).unwrap();
+    s.connect(&addr.into()).unwrap();
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s
+}
+
+/// `max_connections_per_ip`: one host cannot hold more than its share; other hosts are
+/// served, and a closed connection frees its host's room.
+#[test]
+fn connections_per_ip_are_capped() {
+    let mut config = Config::default();
+    config.max_connections_per_ip = Some(3);
+    config.refusal_reply = Some(b"busy\n".to_vec());
+    let mut el = EventLoop::with_config(Echo, config).unwrap();
+    let l = el.listen(localhost()).unwrap();
+    let addr = el.context().listener_addr(l).unwrap().as_inet().unwrap();
+    let server = spawn(el);
+    let mut held: Vec<TcpStream> = (0..3).map(|_| client_from("127.0.0.1", addr)).collect();
+    for c in &mut held {
+        assert_eq!(round_trip(c, b"hi"), b"hi");
+    }
+    let mut over = client_from("127.0.0.1", addr);
+    let mut reply = Vec::new();
+    over.read_to_end(&mut reply).unwrap();
+    assert_eq!(reply, b"busy\n");
+    // Another host is not affected.
+    let mut other = client_from("127.0.0.2", addr);
+    assert_eq!(round_trip(&mut other, b"other"), b"other");
+    // One of the first host's connections closes: its room comes back.
+    let gone = held.pop().unwrap();
+    drop(gone);
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let mut again = client_from("127.0.0.1", addr);
+        again.write_all(b"x").unwrap();
+        let mut b = [0u8; 1];
+        if again.read_exact(&mut b).is_ok() && &b == b"x" {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "the closed connection's room never came back"
+        );
+    }
+    let el = server.stop();
+    assert!(el.stats().refused >= 1);
+}

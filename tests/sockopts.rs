@@ -135,7 +135,7 @@ fn udp_options_are_set_on_the_socket() {
     let snd = r.send_buffer_size().unwrap();
     assert!((size..=2 * size).contains(&rcv), "SO_RCVBUF {rcv}");
     assert!((size..=2 * size).contains(&snd), "SO_SNDBUF {snd}");
-    drop(r);
+    let _ = r;
 
     // SO_REUSEPORT lets a second socket bind the same port; a plain one cannot.
     let twin = cx

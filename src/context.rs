@@ -282,6 +282,7 @@ impl<H: Handler> Context<'_, H> {
         let key = self.core.register_conn(stream, State::Open, None)?;
         self.core.stats.accepted += 1;
         self.core.adopted.push(key);
+        self.core.unsettled = true;
         Ok(ConnId(key))
     }
 
@@ -308,6 +309,7 @@ impl<H: Handler> Context<'_, H> {
     fn add_outbound(&mut self, stream: Stream, state: H::Conn) -> io::Result<ConnId> {
         let key = self.core.register_conn(stream, State::Connecting, None)?;
         self.pending.states.push((key, state));
+        self.core.unsettled = true;
         Ok(ConnId(key))
     }
 

@@ -82,6 +82,9 @@ pub(crate) struct Core {
     pub(crate) ready_write: Vec<Key>,
     /// Connections taken over by `Context::adopt`: `on_open` right after the callback.
     pub(crate) adopted: Vec<Key>,
+    /// A callback started or adopted a connection (states pending, `adopted` non-empty):
+    /// `dispatch::settle` has work. One flag, so the data path checks one byte.
+    pub(crate) unsettled: bool,
     /// Entries marked dead this tick: `on_close`, then free, at the end of the tick.
     pub(crate) closing: VecDeque<Key>,
     /// Open accepted connections per peer IP, and each one's IP: kept only with
@@ -127,6 +130,7 @@ impl Core {
             ready: Vec::new(),
             ready_write: Vec::new(),
             adopted: Vec::new(),
+            unsettled: false,
             closing: VecDeque::new(),
             per_ip: HashMap::new(),
             ip_of: HashMap::new(),

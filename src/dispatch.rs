@@ -135,11 +135,12 @@ pub(crate) fn invoke_conn<H: Handler>(
 }
 
 /// After a callback: the states of connections it started go beside them, and connections
-/// it adopted get their default state and `on_open`. Two length checks when there is
+/// it adopted get their default state and `on_open`. One flag to check when there is
 /// nothing to do (every callback on the data path).
 #[inline(always)]
 pub(crate) fn settle<H: Handler>(core: &mut Core, user: &mut User<H>) {
-    if !user.pending.states.is_empty() || !core.adopted.is_empty() {
+    if core.unsettled {
+        core.unsettled = false;
         settle_slow(core, user);
     }
 }

@@ -5,18 +5,107 @@
 //! nc 127.0.0.1 7000              # TCP: type a line, get it back
 //! nc -u 127.0.0.1 7000           # UDP: each line is a datagram, echoed to the sender
 //! RUST_LOG=debug cargo run --example echo    # see connections come and go
+//! cargo run --release --example echo -- --threads 2     # two event loops, two cores
 //! ```
 //!
 //! Options: `--addr ADDR` (default 127.0.0.1:7000), `--unix PATH` (also listen on a Unix
-//! stream socket), `--idle-timeout SECS`, `--max-conns N`. SIGINT/SIGTERM shut it down
-//! gracefully: it stops accepting, flushes what each client is owed, and exits.
+//! stream socket), `--idle-timeout SECS`, `--max-conns N`, `--threads N` (N event loops on N
+//! threads with `evloop::Workers`: one SO_REUSEPORT listener and UDP socket each, so the
+//! kernel spreads clients; `--max-conns` and `--udp-rate` then hold per loop; `--unix`
+//! listens in the first loop), `--round-robin` (with `--threads`: one loop accepts and hands
+//! connections to the loops in turn). SIGINT/SIGTERM shut it down gracefully: it stops
+//! accepting, flushes what each client is owed, and exits (all loops).
+//!
+//! UDP echo can be turned against others (a forged source address makes the server send to
+//! a victim) or against itself: a datagram forged with the server's own address as its
+//! source would have it answer itself forever, and one forged between two such services
+//! (echo and chargen, echo and another echo) would have them answer each other forever.
+//! So a datagram is not answered, only counted and logged now and then, when its source is:
+//! - this server's own port (itself, or the same service elsewhere);
+//! - a well-known port, below 1024 (where echo, chargen, DNS, NTP live; clients use
+//!   ephemeral ports), as BSD inetd's internal services do;
+//! - not a unicast address (unspecified, broadcast, multicast);
+//! - over `--udp-rate N` datagrams per second from its IP (default 0: no limit, so that the
+//!   load generator can measure; set it on an exposed server). This bounds what no rule
+//!   can tell apart, such as a loop with another echo server on a high port.
+//!
+//! Echo never sends more than it received, so it amplifies nothing.
 
 mod common;
 
-use evloop::{Addr, CloseReason, Config, ConnId, Context, EventLoop, Handler, UdpId};
-use std::time::Duration;
+use evloop::{
+    Addr, CloseReason, Config, ConnId, Context, EventLoop, Handler, Stats, UdpId, UdpOptions,
+    Workers,
+};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
 
-struct Echo;
+/// Source IPs tracked for `--udp-rate` at most: past it, idle ones are forgotten, and if
+/// none is idle, datagrams from new sources are dropped (a flood of forged sources cannot
+/// grow the table).
+const MAX_TRACKED: usize = 65_536;
+
+/// One source IP's token bucket.
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// Which datagrams are not answered (see the header).
+#[derive(Default)]
+struct UdpGuard {
+    /// Our UDP port, once bound.
+    port: Option<u16>,
+    /// `--udp-rate`: datagrams per second per source IP; `None`: no limit.
+    rate: Option<f64>,
+    buckets: HashMap<IpAddr, Bucket>,
+    dropped: u64,
+}
+
+impl UdpGuard {
+    /// Why a datagram from `from` must not be answered, if it must not.
+    fn refuse(&mut self, from: SocketAddr, now: Instant) -> Option<&'static str> {
+        if Some(from.port()) == self.port {
+            return Some("our own port");
+        }
+        if from.port() < 1024 {
+            return Some("a well-known port");
+        }
+        let ip = from.ip();
+        let broadcast = ip == IpAddr::V4(Ipv4Addr::BROADCAST);
+        if ip.is_unspecified() || ip.is_multicast() || broadcast {
+            return Some("not a unicast address");
+        }
+        let rate = self.rate?;
+        (!self.take_token(ip, rate, now)).then_some("over the rate limit")
+    }
+
+    fn take_token(&mut self, ip: IpAddr, rate: f64, now: Instant) -> bool {
+        let refill = |b: &Bucket| b.tokens + rate * now.duration_since(b.at).as_secs_f64();
+        if !self.buckets.contains_key(&ip) && self.buckets.len() >= MAX_TRACKED {
+            self.buckets.retain(|_, b| refill(b) < rate);
+            if self.buckets.len() >= MAX_TRACKED {
+                return false;
+            }
+        }
+        let b = self.buckets.entry(ip).or_insert(Bucket {
+            tokens: rate,
+            at: now,
+        });
+        b.tokens = refill(b).min(rate);
+        b.at = now;
+        if b.tokens < 1.0 {
+            return false;
+        }
+        b.tokens -= 1.0;
+        true
+    }
+}
+
+struct Echo {
+    udp: UdpGuard,
+}
 
 impl Handler for Echo {
     type Conn = ();
@@ -45,6 +134,16 @@ impl Handler for Echo {
     }
 
     fn on_datagram(&mut self, cx: &mut Context<'_, Self>, socket: UdpId, data: &[u8], from: &Addr) {
+        if let Some(inet) = from.as_inet() {
+            if let Some(why) = self.udp.refuse(inet, cx.now()) {
+                self.udp.dropped += 1;
+                if self.udp.dropped.is_power_of_two() {
+                    let n = self.udp.dropped;
+                    log::warn!("dropped {n} datagram(s) not to answer (last from {from}: {why})");
+                }
+                return;
+            }
+        }
         if let Err(e) = cx.send_to(socket, data, from) {
             log::debug!("echo to {from}: {e}");
         }
@@ -52,13 +151,17 @@ impl Handler for Echo {
 }
 
 struct Args {
-    addr: std::net::SocketAddr,
+    addr: SocketAddr,
     unix: Option<String>,
     idle_timeout: Option<Duration>,
     max_conns: Option<usize>,
+    threads: usize,
+    round_robin: bool,
+    udp_rate: u32,
 }
 
-const USAGE: &str = "usage: echo [--addr ADDR] [--unix PATH] [--idle-timeout SECS] [--max-conns N]";
+const USAGE: &str = "usage: echo [--addr ADDR] [--unix PATH] [--idle-timeout SECS] \
+[--max-conns N] [--threads N [--round-robin]] [--udp-rate N]";
 
 fn parse_args() -> Args {
     let mut parsed = Args {
@@ -66,6 +169,9 @@ fn parse_args() -> Args {
         unix: None,
         idle_timeout: None,
         max_conns: None,
+        threads: 1,
+        round_robin: false,
+        udp_rate: 0,
     };
     let mut args = common::Args::new(USAGE);
     while let Some(arg) = args.next() {
@@ -78,10 +184,27 @@ fn parse_args() -> Args {
                 parsed.idle_timeout = Some(timeout.unwrap_or_else(|e| args.fail(e)));
             }
             "--max-conns" => parsed.max_conns = Some(args.value(&arg)),
+            "--threads" => parsed.threads = args.value(&arg),
+            "--round-robin" => parsed.round_robin = true,
+            "--udp-rate" => parsed.udp_rate = args.value(&arg),
             _ => args.unexpected(&arg),
         }
     }
+    if parsed.threads == 0 {
+        args.fail("--threads must be at least 1");
+    }
     parsed
+}
+
+/// Binds the UDP socket of one loop on the TCP listener's port, and tells its handler.
+fn bind_udp(el: &mut EventLoop<Echo>, addr: SocketAddr, shared: bool) -> std::io::Result<Addr> {
+    let mut opts = UdpOptions::default();
+    opts.reuse_port = shared; // several loops, one port: the kernel spreads the sources
+    let mut cx = el.context();
+    let udp = cx.bind_udp_with(addr, &opts)?;
+    let bound = cx.udp_addr(udp)?;
+    el.handler_mut().udp.port = bound.as_inet().map(|a| a.port());
+    Ok(bound)
 }
 
 fn main() -> std::io::Result<()> {
@@ -93,14 +216,62 @@ fn main() -> std::io::Result<()> {
         config.max_connections = n;
         config.refusal_reply = Some(b"ERR server full\n".to_vec());
     }
-    let mut el = EventLoop::with_config(Echo, config)?;
+    let rate = (args.udp_rate > 0).then_some(f64::from(args.udp_rate));
+    let echo = || Echo {
+        udp: UdpGuard {
+            rate,
+            ..UdpGuard::default()
+        },
+    };
+    if args.threads == 1 && !args.round_robin {
+        return run_one(&args, config, echo());
+    }
+    let mut workers = Workers::new(args.threads, config, |_| echo())?;
+    let addr = if args.round_robin {
+        workers.listen_round_robin(args.addr)?
+    } else {
+        workers.listen(args.addr)?
+    };
+    let mut udp = None;
+    for el in workers.loops_mut() {
+        udp = Some(bind_udp(el, addr, true)?);
+    }
+    let how = if args.round_robin {
+        "round-robin"
+    } else {
+        "SO_REUSEPORT"
+    };
+    let loops = args.threads;
+    let udp = udp.map_or(String::new(), |u| u.to_string());
+    log::info!("echo listening on {addr} (tcp) and {udp} (udp), {loops} event loops ({how})");
+    if let Some(path) = &args.unix {
+        workers.loops_mut()[0].listen_unix(path)?;
+        log::info!("echo listening on unix:{path}");
+    }
+    workers.shutdown_on_signals(Duration::from_secs(5));
+    let loops = workers.run()?;
+    for (i, el) in loops.iter().enumerate() {
+        let s = el.stats();
+        log::info!(
+            "loop {i}: accepted {}, bytes out {}",
+            s.accepted,
+            s.bytes_out
+        );
+    }
+    log::info!(
+        "echo stopped: {:?}",
+        Stats::sum(loops.iter().map(EventLoop::stats))
+    );
+    Ok(())
+}
+
+/// One event loop on this thread.
+fn run_one(args: &Args, config: Config, echo: Echo) -> std::io::Result<()> {
+    let mut el = EventLoop::with_config(echo, config)?;
     let tcp = el.listen(args.addr)?;
     let addr = el.context().listener_addr(tcp)?;
-    let udp = el.bind_udp(addr.as_inet().expect("inet"))?;
-    log::info!(
-        "echo listening on {addr} (tcp) and {} (udp)",
-        el.context().udp_addr(udp)?
-    );
+    let udp = bind_udp(&mut el, addr.as_inet().expect("inet"), false)?;
+    log::info!("echo listening on {addr} (tcp) and {udp} (udp)");
     if let Some(path) = &args.unix {
         el.listen_unix(path)?;
         log::info!("echo listening on unix:{path}");

@@ -1,6 +1,8 @@
-//! The `chat` example as a real process: nick rules, commands, announcements, bad input.
-//! The slow consumer that is cut off without slowing the room down (among 50 clients), and
-//! the harsher inputs, are in tests/adversarial_examples.rs.
+//! The `chat` example as a real process: nick rules, commands, announcements, bad input,
+//! and one room over two event loops (`--threads 2`). The slow consumer that is cut off
+//! without slowing the room down (among 50 clients), and the harsher inputs, are in
+//! tests/adversarial_examples.rs; timeouts, per-address caps, floods, join storms and
+//! invisible nicks in tests/adversarial_chat.rs.
 
 mod support;
 
@@ -166,6 +168,95 @@ fn bad_input_gets_err_and_the_connection_stays() {
     assert_eq!(a.expect_err(), "ERR unknown command /nope");
     a.say("still here");
     b.expect("[alice] still here");
+}
+
+/// `--threads 2`: one room over two event loops. 24 users (spread over both loops by
+/// SO_REUSEPORT, checked in the log) each send 50 numbered lines at once; every user gets
+/// every other user's lines exactly once and, per sender, in order, and none of its own.
+/// Then SIGTERM stops both loops: every user gets EOF and the process exits 0.
+#[test]
+fn one_room_across_two_loops() {
+    const USERS: usize = 24;
+    const LINES: usize = 50;
+    let mut ex = start_example("chat", &["--addr", "127.0.0.1:0", "--threads", "2"]);
+    let users: Vec<User> = (0..USERS)
+        .map(|i| User::join(ex.addr, &format!("u{i}")))
+        .collect();
+    // Which loop each joined on, from the log ("guestN joined (conn#.., loop L)").
+    let mut loops = [0; 2];
+    for _ in 0..USERS {
+        let line = support::recv_until(&ex.log, |l: &String| l.contains(" joined ("));
+        let l = line
+            .rsplit("loop ")
+            .next()
+            .and_then(|l| l.strip_suffix(')'));
+        loops[l.and_then(|l| l.parse::<usize>().ok()).expect("loop index")] += 1;
+    }
+    assert!(
+        loops[0] > 0 && loops[1] > 0,
+        "all users on one loop: {loops:?}"
+    );
+    // Everyone is a member of its loop (welcomed): the lines below reach all.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let threads: Vec<_> = users
+        .into_iter()
+        .enumerate()
+        .map(|(me, mut u)| {
+            let done = done_tx.clone();
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                for j in 0..LINES {
+                    text.push_str(&format!("line {j} from u{me}\n"));
+                }
+                u.send(text.as_bytes());
+                let mut next = [0usize; USERS]; // the next line number expected per sender
+                let mut got = 0;
+                while got < (USERS - 1) * LINES {
+                    let line = u.line();
+                    if line.starts_with("* ") {
+                        continue;
+                    }
+                    let (sender, j) = parse_line(&line).unwrap_or_else(|| panic!("{line:?}"));
+                    assert_ne!(sender, me, "u{me} got its own line {line:?}");
+                    assert_eq!(
+                        j, next[sender],
+                        "u{me}: from u{sender} out of order or twice"
+                    );
+                    next[sender] += 1;
+                    got += 1;
+                }
+                done.send(()).unwrap();
+                u
+            })
+        })
+        .collect();
+    drop(done_tx);
+    for _ in 0..USERS {
+        support::recv(&done_rx);
+    }
+    let mut users: Vec<User> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    // Nothing more than that arrived: the next line each hears is its own /who answer, which
+    // lists the users of both loops.
+    for u in &mut users {
+        u.say("/who");
+        let answer = u.line();
+        assert!(answer.starts_with("* users: u0 u1 "), "{answer}");
+        assert_eq!(answer.split(' ').count(), 2 + USERS, "{answer}");
+    }
+    sigterm(&ex);
+    for mut u in users {
+        let mut rest = Vec::new();
+        u.r.read_to_end(&mut rest).expect("EOF, not a reset");
+    }
+    exits_cleanly(&mut ex);
+}
+
+/// "[uS] line J from uS" -> (S, J).
+fn parse_line(line: &str) -> Option<(usize, usize)> {
+    let (who, rest) = line.strip_prefix("[u")?.split_once("] line ")?;
+    let (j, from) = rest.split_once(" from u")?;
+    let sender: usize = who.parse().ok()?;
+    (from.parse::<usize>().ok()? == sender).then_some((sender, j.parse().ok()?))
 }
 
 /// SIGTERM starts a graceful shutdown (`shutdown_on_signals`): every user is closed with

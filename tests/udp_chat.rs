@@ -1,5 +1,7 @@
-//! The `udp_chat` example as a real process: joining, delivery, leaving, expiry, and its
-//! client mode driven through stdin and stdout.
+//! The `udp_chat` example as a real process: joining (with the cookie that proves the
+//! return address), delivery, leaving, expiry, and its client mode driven through stdin and
+//! stdout: it talks only to its server and escapes control characters. Forged sources,
+//! amplification and caps are in tests/adversarial_chat.rs.
 
 mod support;
 
@@ -25,9 +27,25 @@ impl Peer {
 
     fn joined(server: SocketAddr, name: &str) -> Peer {
         let p = Peer::new(server);
-        p.say(&format!("/join {name}"));
-        p.expect("OK");
+        assert_eq!(p.join(name), "OK");
         p
+    }
+
+    /// `/join NAME` padded to 64 bytes (shorter ones get no cookie): the cookie answer.
+    fn cookie(&self, name: &str) -> String {
+        self.send(&padded(&format!("/join {name}")));
+        let answer = self.hear();
+        let cookie = answer.strip_prefix("COOKIE ");
+        cookie
+            .unwrap_or_else(|| panic!("no cookie: {answer:?}"))
+            .to_string()
+    }
+
+    /// Both steps of joining; the answer to the second ("OK" or an ERR).
+    fn join(&self, name: &str) -> String {
+        let cookie = self.cookie(name);
+        self.say(&format!("/join {name} {cookie}"));
+        self.hear()
     }
 
     fn say(&self, msg: &str) {
@@ -67,6 +85,13 @@ impl Peer {
     }
 }
 
+/// `line` padded with spaces to 64 bytes, as a cookie-less `/join` must be.
+fn padded(line: &str) -> Vec<u8> {
+    let mut v = line.as_bytes().to_vec();
+    v.resize(v.len().max(64), b' ');
+    v
+}
+
 fn server(args: &[&str]) -> Example {
     let mut all = vec!["--addr", "127.0.0.1:0"];
     all.extend_from_slice(args);
@@ -86,7 +111,8 @@ fn two_peers_join_and_talk() {
     a.send(b"tab\there\n");
     b.expect("[alice] tab\there");
 
-    // Names: visible, at most 32 characters, unique.
+    // Names: visible, at most 32 characters, unique. A bad name is refused at once (the
+    // padded request is larger than the answer).
     let c = Peer::new(ex.addr);
     for bad in [
         "/join",
@@ -94,14 +120,12 @@ fn two_peers_join_and_talk() {
         "/join two words",
         &format!("/join {}", "n".repeat(33)),
     ] {
-        c.say(bad);
+        c.send(&padded(bad));
         assert_eq!(c.hear(), "ERR name must be 1 to 32 visible characters");
     }
-    c.say("/join bob");
-    c.expect("ERR name bob is taken");
-    c.say(&format!("/join {}", "é".repeat(32)));
-    c.expect("OK");
-    // Rejoining renames.
+    assert_eq!(c.join("bob"), "ERR name bob is taken");
+    assert_eq!(c.join(&"é".repeat(32)), "OK");
+    // Rejoining renames, without a cookie: the address is proven.
     c.say("/join carol");
     c.expect("OK");
     c.say("hi all");
@@ -109,14 +133,12 @@ fn two_peers_join_and_talk() {
     b.expect("[carol] hi all");
 }
 
+/// An enrolled peer's mistakes get an ERR; an unenrolled sender gets no answer at all but
+/// to `/join` (tests/adversarial_chat.rs: never more bytes than it sent).
 #[test]
-fn bad_input_and_unregistered_senders_get_err() {
+fn bad_input_gets_err_and_strangers_get_nothing() {
     let ex = server(&[]);
-    let u = Peer::new(ex.addr);
-    u.say("hello?");
-    u.expect("ERR join first");
-    u.say("/leave");
-    u.expect("ERR join first");
+    let u = Peer::joined(ex.addr, "u");
     u.say("/shout x");
     u.expect("ERR unknown command /shout");
     u.send(b"\xff\xfe");
@@ -125,6 +147,19 @@ fn bad_input_and_unregistered_senders_get_err() {
     u.expect("ERR control characters are not allowed");
     u.send(b"two\nlines");
     u.expect("ERR control characters are not allowed");
+    u.say("/leave");
+    u.expect("OK");
+    for stranger in [
+        &b"hello?"[..],
+        b"/leave",
+        b"/shout x",
+        b"\xff\xfe",
+        b"/join u",
+    ] {
+        u.send(stranger);
+    }
+    // The first answer u gets is to this: nothing before it was answered.
+    assert!(u.cookie("u").len() == 16);
 }
 
 #[test]
@@ -141,9 +176,9 @@ fn leave_stops_delivery() {
     a.say("two");
     c.expect("[alice] two");
     // The server handled "two" before this datagram of bob's (carol got it), and sends to
-    // bob in order: the next thing bob hears must be the answer, not "two".
-    b.say("still there?");
-    b.expect("ERR join first");
+    // bob in order: the next thing bob hears must be the cookie, not "two".
+    b.say("still there?"); // not enrolled: no answer
+    let _ = b.cookie("bob");
 }
 
 #[test]
@@ -183,11 +218,10 @@ fn silent_peers_expire() {
         .collect();
     assert_eq!(heard, want);
     assert!(heard.len() >= 2, "{heard:?}");
-    // The timer forgot it: it must join again. The talker, who kept talking, did not expire.
+    // The timer forgot it: it must join again (its next datagram is the cookie, no ping).
+    // The talker, who kept talking, did not expire.
     silent.say("anyone?");
-    silent.expect("ERR join first");
-    silent.say("/join silent");
-    silent.expect("OK");
+    assert_eq!(silent.join("silent"), "OK");
     talker.say("welcome back");
     silent.expect("[talker] welcome back");
 }
@@ -198,6 +232,8 @@ struct Client {
     stdin: Option<std::process::ChildStdin>,
     /// Its stdout lines; disconnected at EOF (when it exits).
     lines: mpsc::Receiver<String>,
+    /// The address it sends from.
+    addr: SocketAddr,
 }
 
 impl Client {
@@ -207,7 +243,7 @@ impl Client {
             .env("RUST_LOG", "info")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn udp_chat --connect");
         let stdout = child.stdout.take().unwrap();
@@ -220,11 +256,28 @@ impl Client {
                 }
             }
         });
+        // Its log, on stderr, says which address it talks from.
+        let stderr = child.stderr.take().unwrap();
+        let (tx, log) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let line = support::recv_until(&log, |l: &String| l.contains("client on "));
+        let addr = line
+            .split("client on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
         let stdin = child.stdin.take();
         Client {
             child,
             stdin,
             lines,
+            addr,
         }
     }
 
@@ -268,6 +321,43 @@ fn client_mode_sends_stdin_lines_and_prints_datagrams() {
     }
     let status = carol.child.wait().expect("wait");
     assert!(status.success(), "{status}");
+}
+
+/// The client prints only what its server sends: a datagram from anyone else (a forged
+/// `[admin]` line) is ignored, and control characters (an escape sequence, a carriage
+/// return) and bidi overrides are shown escaped, so they cannot drive the terminal.
+#[test]
+fn client_mode_hears_only_its_server_and_escapes_controls() {
+    // A stand-in server: a plain socket the client is pointed at.
+    let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+    server.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut client = Client::start(server.local_addr().unwrap());
+    let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
+    stranger
+        .send_to(b"[admin] send me your password", client.addr)
+        .unwrap();
+    // Datagrams on loopback are queued in the order sent: the stranger's comes first.
+    server
+        .send_to(
+            "[bob] \x1b[2J\x1b]0;owned\x07red\rX \u{202E}txet\n".as_bytes(),
+            client.addr,
+        )
+        .unwrap();
+    client.expect("[bob] \\u{1b}[2J\\u{1b}]0;owned\\u{7}red\\u{d}X \\u{202e}txet");
+    // A /join typed goes out padded, and the cookie that comes back is returned for it.
+    client.type_line("/join carol");
+    let mut buf = [0; 256];
+    let (n, from) = server.recv_from(&mut buf).unwrap();
+    assert_eq!(from, client.addr);
+    assert_eq!(buf[..n].len(), 64);
+    assert_eq!(String::from_utf8_lossy(&buf[..n]).trim_end(), "/join carol");
+    server
+        .send_to(b"COOKIE 0123456789abcdef\n", client.addr)
+        .unwrap();
+    let (n, _) = server.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"/join carol 0123456789abcdef");
+    server.send_to(b"OK\n", client.addr).unwrap();
+    client.expect("OK"); // the cookie was not printed
 }
 
 /// SIGTERM starts a graceful shutdown (`shutdown_on_signals`): with no connections to

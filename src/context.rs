@@ -134,9 +134,15 @@ impl<H: Handler> Context<'_, H> {
         self.core.conn_set_paused(conn.0, false)
     }
 
-    /// Bytes queued for `conn` and not yet taken by the kernel; `None` if it is not open.
+    /// Bytes queued for `conn` and not yet taken by the kernel (on TLS, plus plaintext held
+    /// until the handshake ends); `None` if it is not open.
     pub fn queued(&mut self, conn: ConnId) -> Option<usize> {
-        self.core.conn_mut(conn.0).map(|c| c.out.len())
+        let conn = self.core.conn_mut(conn.0)?;
+        #[cfg(feature = "tls")]
+        let held = Core::tls_held(conn);
+        #[cfg(not(feature = "tls"))]
+        let held = 0;
+        Some(conn.out.len() + held)
     }
 
     /// Whether `conn`'s queue is above the high watermark (and has not drained to the low

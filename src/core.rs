@@ -458,6 +458,10 @@ impl Core {
     /// Graceful close: flush what is queued (over TLS, then close_notify), then FIN.
     pub(crate) fn conn_close(&mut self, key: Key) {
         #[cfg(feature = "tls")]
+        if self.tls_defer(key, crate::tls::Deferred::Close) {
+            return;
+        }
+        #[cfg(feature = "tls")]
         self.tls_close_notify(key);
         if let Some(reason) = self.conn_mut(key).and_then(Conn::close) {
             self.kill(key, reason);
@@ -466,6 +470,10 @@ impl Core {
 
     /// FIN after the queue drains (over TLS, close_notify first); reading goes on.
     pub(crate) fn conn_shutdown_write(&mut self, key: Key) {
+        #[cfg(feature = "tls")]
+        if self.tls_defer(key, crate::tls::Deferred::ShutdownWrite) {
+            return;
+        }
         #[cfg(feature = "tls")]
         self.tls_close_notify(key);
         if let Some(conn) = self.conn_mut(key) {
@@ -958,6 +966,29 @@ impl Core {
         self.tls_flush_records(key);
     }
 
+    /// A close or write shutdown while the handshake runs waits for its end (the plaintext
+    /// rustls holds goes out first), bounded by the handshake timeout. True if deferred.
+    fn tls_defer(&mut self, key: Key, what: crate::tls::Deferred) -> bool {
+        let Some(conn) = self.conn_mut(key) else {
+            return false;
+        };
+        // After the peer's EOF the handshake cannot finish: close now.
+        let eof = conn.eof;
+        let Some(tls) = conn.tls.as_deref_mut() else {
+            return false;
+        };
+        if eof || !tls.is_handshaking() {
+            return false;
+        }
+        tls.defer(what);
+        true
+    }
+
+    /// Plaintext rustls holds until the handshake ends; 0 on a plain connection.
+    pub(crate) fn tls_held(conn: &Conn) -> usize {
+        conn.tls.as_ref().map_or(0, |t| t.early())
+    }
+
     /// The handshake timer: close a connection still handshaking.
     pub(crate) fn tls_handshake_check(&mut self, key: Key) {
         let handshaking = self
@@ -977,15 +1008,28 @@ impl Core {
         let Some(Kind::Conn(conn)) = live_in(&mut self.slab, key) else {
             return Err(SendError::Closed);
         };
-        let max = conn.limits.as_ref().map_or(max, |l| l.max_output);
+        let (max, high) = conn
+            .limits
+            .as_ref()
+            .map_or((max, self.config.high_watermark), |l| {
+                (l.max_output, l.high)
+            });
         let tls = conn.tls.as_deref_mut().expect("a TLS connection");
+        if tls.deferred().is_some() {
+            return Err(SendError::Closing);
+        }
         if (tls.early() + conn.out.in_memory()).saturating_add(plain.len()) > max {
             log::warn!("{}: output limit of {max} bytes reached", ConnId(key));
             self.conn_reset(key, CloseReason::OutputLimit);
             return Err(SendError::OutputLimit);
         }
         let mut records = std::mem::take(&mut self.tls_records);
-        let result = match tls.encrypt(plain, &mut records) {
+        let encrypted = tls.encrypt(plain, &mut records);
+        // Plaintext held until the handshake ends counts toward the watermarks too.
+        if tls.early() + conn.out.len() > high {
+            conn.congested = true;
+        }
+        let result = match encrypted {
             Ok(()) => self.write_records(key, &records),
             Err(e) => {
                 self.kill(key, CloseReason::Tls(e));

@@ -241,12 +241,12 @@ pub(crate) fn read<H: Handler>(core: &mut Core, user: &mut User<H>, buf: &mut [u
         let Some(conn) = core.conn_mut(key) else {
             return;
         };
-        if !conn.wants_read(pause) {
-            return;
-        }
         #[cfg(feature = "tls")]
         if conn.tls.is_some() {
             return tls_read(core, user, buf, key);
+        }
+        if !conn.wants_read(pause) {
+            return;
         }
         if conn.replay {
             // Reading resumed: what was kept is presented again, even without new bytes.
@@ -314,7 +314,18 @@ fn tls_read<H: Handler>(core: &mut Core, user: &mut User<H>, buf: &mut [u8], key
         if !tls_deliver(core, user, key, plain, pause) {
             return;
         }
-        // 2. Ciphertext from the socket.
+        // 2. Ciphertext kept from a read that stopped part-way (reading was paused).
+        let backlog = core
+            .conn_mut(key)
+            .and_then(|c| c.tls.as_deref_mut())
+            .and_then(crate::tls::Tls::take_backlog);
+        if let Some(backlog) = backlog {
+            if !tls_feed(core, user, key, &backlog, plain, pause) {
+                return;
+            }
+            continue;
+        }
+        // 3. Ciphertext from the socket.
         let Some(conn) = core.conn_mut(key) else {
             return;
         };
@@ -334,24 +345,8 @@ fn tls_read<H: Handler>(core: &mut Core, user: &mut User<H>, buf: &mut [u8], key
             conn.last_active = t;
         }
         core.stats.bytes_in += n as u64;
-        // 3. Into the session, delivering plaintext whenever it holds back.
-        let mut at = 0;
-        while at < n {
-            let Some(tls) = core.conn_mut(key).and_then(|c| c.tls.as_deref_mut()) else {
-                return;
-            };
-            let fed = tls.feed(&cipher[at..n]);
-            core.tls_flush_records(key);
-            match fed {
-                Ok(k) => at += k,
-                Err(e) => {
-                    log::debug!("{}: TLS: {e}", ConnId(key));
-                    return core.kill(key, CloseReason::Tls(e));
-                }
-            }
-            if !tls_deliver(core, user, key, plain, pause) {
-                return;
-            }
+        if !tls_feed(core, user, key, &cipher[..n], plain, pause) {
+            return;
         }
         if drained {
             return;
@@ -361,6 +356,77 @@ fn tls_read<H: Handler>(core: &mut Core, user: &mut User<H>, buf: &mut [u8], key
             core.ready.push(key);
             return;
         }
+    }
+}
+
+/// Feeds ciphertext into the session, sending what it answers and delivering plaintext as
+/// it comes. False if reading must stop (closed, paused, at its end); ciphertext not yet
+/// fed then is kept in the session for the next read, never dropped.
+#[cfg(feature = "tls")]
+fn tls_feed<H: Handler>(
+    core: &mut Core,
+    user: &mut User<H>,
+    key: Key,
+    cipher: &[u8],
+    plain: &mut [u8],
+    pause: bool,
+) -> bool {
+    let mut at = 0;
+    while at < cipher.len() {
+        let Some(tls) = core.conn_mut(key).and_then(|c| c.tls.as_deref_mut()) else {
+            return false;
+        };
+        let fed = tls.feed(&cipher[at..]);
+        core.tls_flush_records(key);
+        match fed {
+            Ok(k) => at += k,
+            Err(e) => {
+                log::debug!("{}: TLS: {e}", ConnId(key));
+                core.kill(key, CloseReason::Tls(e));
+                return false;
+            }
+        }
+        tls_handshake_done(core, user, key);
+        if !tls_deliver(core, user, key, plain, pause) {
+            if at < cipher.len() {
+                if let Some(tls) = core.conn_mut(key).and_then(|c| c.tls.as_deref_mut()) {
+                    tls.stash(&cipher[at..]);
+                }
+            }
+            return false;
+        }
+    }
+    true
+}
+
+/// The handshake just finished: a close asked for meanwhile happens now, after the held
+/// plaintext; a producer paced by the held plaintext hears `on_drain` if it went out.
+#[cfg(feature = "tls")]
+fn tls_handshake_done<H: Handler>(core: &mut Core, user: &mut User<H>, key: Key) {
+    let low = core.config.low_watermark;
+    let Some(conn) = core.conn_mut(key) else {
+        return;
+    };
+    let Some(deferred) = conn
+        .tls
+        .as_deref_mut()
+        .and_then(crate::tls::Tls::just_finished)
+    else {
+        return;
+    };
+    let low = conn.limits.as_ref().map_or(low, |l| l.low);
+    let drained = conn.congested && conn.out.len() <= low;
+    if drained {
+        conn.congested = false;
+        conn.replay = true;
+    }
+    match deferred {
+        Some(crate::tls::Deferred::Close) => core.conn_close(key),
+        Some(crate::tls::Deferred::ShutdownWrite) => core.conn_shutdown_write(key),
+        None => {}
+    }
+    if drained {
+        invoke_conn(core, user, key, |h, cx, st| h.on_drain(cx, ConnId(key), st));
     }
 }
 
@@ -378,7 +444,13 @@ fn tls_deliver<H: Handler>(
         let Some(conn) = core.conn_mut(key) else {
             return false;
         };
-        if !conn.wants_read(pause) {
+        // A handshake must go on even while plaintext held for it congests the connection:
+        // reading is what finishes it, and only then can the held bytes leave.
+        let handshaking = conn
+            .tls
+            .as_deref()
+            .is_some_and(crate::tls::Tls::is_handshaking);
+        if !conn.wants_read(pause && !handshaking) {
             return false;
         }
         if conn.replay {

@@ -72,13 +72,26 @@ pub fn client_config_der(roots: Vec<CertificateDer<'static>>) -> io::Result<Arc<
     Ok(Arc::new(config))
 }
 
+/// A close asked for while the handshake was still running: done when it finishes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Deferred {
+    Close,
+    ShutdownWrite,
+}
+
 /// One connection's TLS session.
 pub(crate) struct Tls {
     conn: Connection,
     /// Plaintext handed over before the handshake finished (rustls holds it until then);
-    /// counted toward `max_output`.
+    /// counted toward `max_output` and the watermarks.
     early: usize,
     close_notify_sent: bool,
+    /// Ciphertext read from the socket but not yet fed (reading paused in between).
+    backlog: Vec<u8>,
+    /// `close` or `shutdown_write` before the handshake finished.
+    deferred: Option<Deferred>,
+    /// The handshake finished at the last `feed` (taken by `just_finished`).
+    finished: bool,
 }
 
 impl Tls {
@@ -100,7 +113,37 @@ impl Tls {
             conn,
             early: 0,
             close_notify_sent: false,
+            backlog: Vec::new(),
+            deferred: None,
+            finished: false,
         }
+    }
+
+    /// Keeps ciphertext that could not be fed now (reading paused), for the next read.
+    pub(crate) fn stash(&mut self, ciphertext: &[u8]) {
+        self.backlog.extend_from_slice(ciphertext);
+    }
+
+    /// The ciphertext kept by `stash`, if any.
+    pub(crate) fn take_backlog(&mut self) -> Option<Vec<u8>> {
+        (!self.backlog.is_empty()).then(|| std::mem::take(&mut self.backlog))
+    }
+
+    /// Remembers a close asked for during the handshake (the first one wins; a full close
+    /// supersedes a write shutdown).
+    pub(crate) fn defer(&mut self, what: Deferred) {
+        if self.deferred != Some(Deferred::Close) {
+            self.deferred = Some(what);
+        }
+    }
+
+    pub(crate) fn deferred(&self) -> Option<Deferred> {
+        self.deferred
+    }
+
+    /// Whether the handshake finished since the last call, and the close deferred meanwhile.
+    pub(crate) fn just_finished(&mut self) -> Option<Option<Deferred>> {
+        std::mem::take(&mut self.finished).then(|| self.deferred.take())
     }
 
     pub(crate) fn is_handshaking(&self) -> bool {
@@ -121,9 +164,11 @@ impl Tls {
                 Err(e) => return Err(e),
             }
         }
+        let handshaking = self.conn.is_handshaking();
         self.conn.process_new_packets().map_err(invalid)?;
-        if !self.conn.is_handshaking() {
+        if handshaking && !self.conn.is_handshaking() {
             self.early = 0;
+            self.finished = true;
         }
         Ok(before - ciphertext.len())
     }

@@ -314,11 +314,8 @@ impl Handler for Commands {
     fn on_peer_eof(&mut self, cx: &mut Context<'_, Self>, conn: ConnId, _: &mut Vec<u8>) {
         let _ = self.tx.send("peer eof".into());
         // The peer's write side is shut, ours is not: answer, then close.
-        if cx.send(conn, b"after your close_notify\n").is_ok() {
-            cx.close(conn);
-        } else {
-            cx.close(conn);
-        }
+        let _ = cx.send(conn, b"after your close_notify\n");
+        cx.close(conn);
     }
     fn on_close(&mut self, _: &mut Context<'_, Self>, _: ConnId, _: Vec<u8>, reason: &CloseReason) {
         let _ = self.tx.send(format!("closed {}", reason_name(reason)));
@@ -669,7 +666,6 @@ fn on_drain_paces_a_producer_over_tls() {
 /// The same producer started in `on_open`, before the handshake has finished: the
 /// plaintext rustls holds until then must count toward the watermarks as well.
 #[test]
-#[ignore = "library bug: plaintext held before the handshake ends is not counted toward the watermarks (is_congested stays false, queued() says 0), so a producer paced by is_congested in on_open is never slowed down"]
 fn on_drain_paces_a_producer_that_starts_before_the_handshake_ends() {
     paced(true);
 }
@@ -770,7 +766,6 @@ fn graceful_shutdown_flushes_tls_records_then_close_notify() {
 /// finished (a banner, a refusal): on plain TCP the peer gets the bytes, then FIN. Over TLS
 /// it must get them too: the close has to wait for the handshake and the held plaintext.
 #[test]
-#[ignore = "library bug: close() before the handshake ends sends close_notify at once and closes (the queue is empty), so the plaintext rustls holds is never sent and the handshake never finishes"]
 fn send_then_close_before_the_handshake_ends_still_delivers() {
     struct Banner;
     impl Handler for Banner {
@@ -852,7 +847,6 @@ impl Handler for Pauser {
 /// `pause_read` in the middle of a read: the ciphertext read from the socket but not yet
 /// fed to the session must be kept for when reading resumes, not dropped.
 #[test]
-#[ignore = "library bug: tls_read returns when tls_deliver says stop (paused, or congested with pause_read_when_congested) and drops cipher[at..n], the ciphertext read but not yet fed; the stream is then corrupt (bad record MAC) and the connection closes with CloseReason::Tls"]
 fn pausing_in_the_middle_of_a_read_loses_no_ciphertext() {
     let cert = cert();
     let (tx, rx) = channel();

@@ -6,6 +6,8 @@
 //! nc -u 127.0.0.1 7000           # UDP: each line is a datagram, echoed to the sender
 //! RUST_LOG=debug cargo run --example echo    # see connections come and go
 //! cargo run --release --example echo -- --threads 2     # two event loops, two cores
+//! cargo run --release --example echo --features tls -- --tls-self-signed /tmp/echo-tls
+//! openssl s_client -connect 127.0.0.1:7000 -CAfile /tmp/echo-tls/cert.pem -quiet  # TLS
 //! ```
 //!
 //! Options: `--addr ADDR` (default 127.0.0.1:7000), `--unix PATH` (also listen on a Unix
@@ -13,7 +15,9 @@
 //! threads with `evloop::Workers`: one SO_REUSEPORT listener and UDP socket each, so the
 //! kernel spreads clients; `--max-conns` and `--udp-rate` then hold per loop; `--unix`
 //! listens in the first loop), `--round-robin` (with `--threads`: one loop accepts and hands
-//! connections to the loops in turn). SIGINT/SIGTERM shut it down gracefully: it stops
+//! connections to the loops in turn), `--tls-cert FILE --tls-key FILE` (TCP over TLS, PEM
+//! files; feature `tls`), `--tls-self-signed DIR` (TLS with a new self-signed certificate for
+//! `localhost`, written to DIR/cert.pem for the client to trust). SIGINT/SIGTERM shut it down gracefully: it stops
 //! accepting, flushes what each client is owed, and exits (all loops).
 //!
 //! UDP echo can be turned against others (a forged source address makes the server send to
@@ -158,10 +162,19 @@ struct Args {
     threads: usize,
     round_robin: bool,
     udp_rate: u32,
+    tls: Option<TlsArg>,
+}
+
+/// Where the TLS certificate comes from (read only with the `tls` feature).
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
+enum TlsArg {
+    Files(String, String),
+    SelfSigned(String),
 }
 
 const USAGE: &str = "usage: echo [--addr ADDR] [--unix PATH] [--idle-timeout SECS] \
-[--max-conns N] [--threads N [--round-robin]] [--udp-rate N]";
+[--max-conns N] [--threads N [--round-robin]] [--udp-rate N] \
+[--tls-cert FILE --tls-key FILE | --tls-self-signed DIR]";
 
 fn parse_args() -> Args {
     let mut parsed = Args {
@@ -172,7 +185,9 @@ fn parse_args() -> Args {
         threads: 1,
         round_robin: false,
         udp_rate: 0,
+        tls: None,
     };
+    let (mut cert, mut key) = (None, None);
     let mut args = common::Args::new(USAGE);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -187,11 +202,25 @@ fn parse_args() -> Args {
             "--threads" => parsed.threads = args.value(&arg),
             "--round-robin" => parsed.round_robin = true,
             "--udp-rate" => parsed.udp_rate = args.value(&arg),
+            "--tls-cert" => cert = Some(args.value(&arg)),
+            "--tls-key" => key = Some(args.value(&arg)),
+            "--tls-self-signed" => parsed.tls = Some(TlsArg::SelfSigned(args.value(&arg))),
             _ => args.unexpected(&arg),
         }
     }
     if parsed.threads == 0 {
         args.fail("--threads must be at least 1");
+    }
+    match (cert, key) {
+        (Some(c), Some(k)) => parsed.tls = Some(TlsArg::Files(c, k)),
+        (None, None) => {}
+        _ => args.fail("--tls-cert and --tls-key go together"),
+    }
+    if parsed.tls.is_some() && (parsed.threads > 1 || parsed.round_robin) {
+        args.fail("TLS is served by one loop here: drop --threads / --round-robin");
+    }
+    if parsed.tls.is_some() && !cfg!(feature = "tls") {
+        args.fail("TLS needs the `tls` feature: cargo run --example echo --features tls -- ...");
     }
     parsed
 }
@@ -268,7 +297,10 @@ fn main() -> std::io::Result<()> {
 /// One event loop on this thread.
 fn run_one(args: &Args, config: Config, echo: Echo) -> std::io::Result<()> {
     let mut el = EventLoop::with_config(echo, config)?;
-    let tcp = el.listen(args.addr)?;
+    let tcp = match &args.tls {
+        None => el.listen(args.addr)?,
+        Some(tls) => listen_tls(&mut el, args.addr, tls)?,
+    };
     let addr = el.context().listener_addr(tcp)?;
     let udp = bind_udp(&mut el, addr.as_inet().expect("inet"), false)?;
     log::info!("echo listening on {addr} (tcp) and {udp} (udp)");
@@ -280,4 +312,41 @@ fn run_one(args: &Args, config: Config, echo: Echo) -> std::io::Result<()> {
     el.run()?;
     log::info!("echo stopped: {:?}", el.stats());
     Ok(())
+}
+
+/// Listens with TLS, from PEM files or a new self-signed certificate.
+#[cfg(feature = "tls")]
+fn listen_tls(
+    el: &mut EventLoop<Echo>,
+    addr: SocketAddr,
+    tls: &TlsArg,
+) -> std::io::Result<evloop::ListenerId> {
+    let (cert, key) = match tls {
+        TlsArg::Files(cert, key) => (cert.into(), key.into()),
+        TlsArg::SelfSigned(dir) => {
+            let made = rcgen::generate_simple_self_signed(vec!["localhost".into()])
+                .map_err(std::io::Error::other)?;
+            let dir = std::path::Path::new(dir);
+            std::fs::create_dir_all(dir)?;
+            let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+            std::fs::write(&cert, made.cert.pem())?;
+            std::fs::write(&key, made.signing_key.serialize_pem())?;
+            log::info!(
+                "self-signed certificate for localhost in {}",
+                cert.display()
+            );
+            (cert, key)
+        }
+    };
+    let config = evloop::tls::server_config(&cert, &key)?;
+    el.listen_tls(addr, config)
+}
+
+#[cfg(not(feature = "tls"))]
+fn listen_tls(
+    _: &mut EventLoop<Echo>,
+    _: SocketAddr,
+    _: &TlsArg,
+) -> std::io::Result<evloop::ListenerId> {
+    unreachable!("refused by parse_args without the tls feature")
 }

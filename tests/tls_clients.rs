@@ -461,3 +461,38 @@ fn an_evloop_client_sees_a_rustls_servers_close_notify_as_the_peers_end() {
 fn an_evloop_client_talks_tls12_to_a_rustls_server() {
     evloop_client_against_rustls(true, false);
 }
+
+/// The echo example over TLS, as the README shows it (`--tls-self-signed DIR`), with Python's
+/// `ssl` as the client.
+#[test]
+fn the_echo_example_serves_tls_with_a_self_signed_certificate() {
+    if !have("python3", "--version") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("evloop-echo-tls-{}", std::process::id()));
+    let echo = start_example(
+        "echo",
+        &[
+            "--addr",
+            "127.0.0.1:0",
+            "--tls-self-signed",
+            dir.to_str().unwrap(),
+        ],
+    );
+    let out = run_with_deadline(
+        Command::new("python3").args([
+            "-c",
+            PYTHON_CLIENT,
+            &echo.addr.port().to_string(),
+            dir.join("cert.pem").to_str().unwrap(),
+            "1.3",
+        ]),
+        b"",
+    );
+    let context = format!("stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr);
+    assert!(out.status.success(), "{}\n{context}", out.status);
+    assert!(out.stdout.contains("version TLSv1.3"), "{context}");
+    assert!(out.stdout.contains("unwrapped"), "{context}");
+    drop(echo);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -6,12 +6,17 @@
 //! ```
 //!
 //! Options: `--addr ADDR` (default 127.0.0.1:7003), `--out FILE` (default: the file's name,
-//! in the current directory). The connection is the loop's own outbound `connect`: `on_open`
-//! sends `GET <path>`, `on_data` decodes the `OK <size>` line from the input the loop keeps
-//! and appends the body to the output file chunk by chunk, so a file of any size needs no
-//! more memory than one read.
+//! in the current directory), `--timeout SECS` (default 30, fractions allowed): the longest
+//! the server may stay silent, whether connecting, before its reply or mid-file. The
+//! connection is the loop's own outbound `connect`: `on_open` sends `GET <path>`, `on_data`
+//! decodes the `OK <size>` line from the input the loop keeps and appends the body to a
+//! `FILE.part` file chunk by chunk, so a file of any size needs no more memory than one
+//! read; only a whole file is renamed to `FILE`.
+//!
 //! Exit status 0 when exactly `size` bytes arrived; 1, with the reason on stderr, if the
-//! server said `ERR`, the connection failed, or it closed early (the partial file is removed).
+//! server said `ERR`, the connection failed, the server was silent for `--timeout` (the
+//! loop's idle timeout), or it closed early. Nothing is left under `FILE` then, nor the
+//! `.part` file (unless the process itself is killed).
 
 mod common;
 
@@ -19,12 +24,13 @@ use evloop::{CloseReason, ConnId, Context, EventLoop, Handler, LineDecoder};
 use std::fs::File;
 use std::io::Write;
 use std::ops::ControlFlow;
-use std::path::PathBuf;
-use std::time::Instant;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 struct Download {
     path: String,
-    out: PathBuf,
+    /// Where the body goes while it arrives (`FILE.part`), renamed to `FILE` when whole.
+    part: PathBuf,
     header: LineDecoder,
     /// Open once the server said OK.
     file: Option<File>,
@@ -32,6 +38,8 @@ struct Download {
     received: u64,
     /// Set when the download ended, well or not.
     outcome: Option<Result<(), String>>,
+    /// The loop's idle timeout: the longest the server may be silent.
+    timeout: Duration,
 }
 
 impl Download {
@@ -55,8 +63,8 @@ impl Download {
             }
             let size = header.strip_prefix("OK ").and_then(|n| n.parse().ok());
             self.size = size.ok_or(format!("bad reply header {header:?}"))?;
-            let file = File::create(&self.out);
-            self.file = Some(file.map_err(|e| format!("{}: {e}", self.out.display()))?);
+            let file = File::create(&self.part);
+            self.file = Some(file.map_err(|e| format!("{}: {e}", self.part.display()))?);
             body = &input[used..];
         }
         if body.len() as u64 > self.size - self.received {
@@ -64,7 +72,7 @@ impl Download {
         }
         let file = self.file.as_mut().expect("opened above");
         file.write_all(body)
-            .map_err(|e| format!("{}: {e}", self.out.display()))?;
+            .map_err(|e| format!("{}: {e}", self.part.display()))?;
         self.received += body.len() as u64;
         Ok(input.len())
     }
@@ -107,35 +115,53 @@ impl Handler for Download {
 
     fn on_close(&mut self, cx: &mut Context<'_, Self>, _conn: ConnId, _: (), reason: &CloseReason) {
         let (received, size) = (self.received, self.size);
+        let why = match reason {
+            CloseReason::IdleTimeout => format!("timed out: nothing for {:?}", self.timeout),
+            reason => reason.to_string(),
+        };
         self.outcome.get_or_insert_with(|| match self.file {
-            None => Err(reason.to_string()),
-            Some(_) => Err(format!("{reason} after {received} of {size} bytes")),
+            None => Err(why),
+            Some(_) => Err(format!("{why}, after {received} of {size} bytes")),
         });
         cx.stop();
     }
 }
 
-const USAGE: &str = "usage: file_client [--addr ADDR] PATH [--out FILE]";
+const USAGE: &str = "usage: file_client [--addr ADDR] PATH [--out FILE] [--timeout SECS]";
 
-fn parse_args() -> (std::net::SocketAddr, String, Option<PathBuf>) {
+fn parse_args() -> (std::net::SocketAddr, String, Option<PathBuf>, Duration) {
     let mut addr = "127.0.0.1:7003".parse().unwrap();
-    let (mut path, mut out) = (None, None);
+    let (mut path, mut out, mut timeout) = (None, None, Duration::from_secs(30));
     let mut args = common::Args::new(USAGE);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--addr" => addr = args.value(&arg),
             "--out" => out = Some(args.value(&arg)),
+            "--timeout" => {
+                let secs: f64 = args.value(&arg);
+                timeout = Duration::try_from_secs_f64(secs)
+                    .ok()
+                    .filter(|t| !t.is_zero())
+                    .unwrap_or_else(|| args.fail(format_args!("--timeout {secs}: not a time")));
+            }
             _ if arg.starts_with("--") || path.is_some() => args.unexpected(&arg),
             _ => path = Some(arg),
         }
     }
     let path = path.unwrap_or_else(|| args.fail("which file?"));
-    (addr, path, out)
+    (addr, path, out, timeout)
+}
+
+/// `FILE.part`, beside `FILE`.
+fn part_of(out: &Path) -> PathBuf {
+    let mut name = out.file_name().unwrap_or("download".as_ref()).to_owned();
+    name.push(".part");
+    out.with_file_name(name)
 }
 
 fn main() {
     common::init_logging("warn");
-    let (addr, path, out) = parse_args();
+    let (addr, path, out, timeout) = parse_args();
     let name = std::path::Path::new(&path).file_name();
     let out = out.unwrap_or_else(|| PathBuf::from(name.unwrap_or("download".as_ref())));
     let fail = |e: &dyn std::fmt::Display| -> ! {
@@ -143,24 +169,36 @@ fn main() {
         std::process::exit(1);
     };
     let started = Instant::now();
+    let part = part_of(&out);
     let download = Download {
         path: path.clone(),
-        out: out.clone(),
+        part: part.clone(),
         header: LineDecoder::new(4096),
         file: None,
         size: 0,
         received: 0,
         outcome: None,
+        timeout,
     };
-    let mut el = EventLoop::new(download).unwrap_or_else(|e| fail(&e));
+    // A server silent for `timeout` (connecting, before its reply, mid-file) ends it.
+    let mut config = evloop::Config::default();
+    config.idle_timeout = Some(timeout);
+    config.connect_timeout = Some(timeout);
+    let mut el = EventLoop::with_config(download, config).unwrap_or_else(|e| fail(&e));
     el.connect(addr, ()).unwrap_or_else(|e| fail(&e));
     el.run().unwrap_or_else(|e| fail(&e));
     let d = el.handler();
-    if let Some(Err(e)) = &d.outcome {
+    let outcome = match &d.outcome {
+        Some(Ok(())) => std::fs::rename(&part, &out)
+            .map_err(|e| format!("renaming {} to {}: {e}", part.display(), out.display())),
+        Some(Err(e)) => Err(e.clone()),
+        None => Err("the loop stopped early".to_string()),
+    };
+    if let Err(e) = outcome {
         if d.file.is_some() {
-            let _ = std::fs::remove_file(&out); // don't leave a partial file behind
+            let _ = std::fs::remove_file(&part); // don't leave a partial file behind
         }
-        fail(e);
+        fail(&e);
     }
     let secs = started.elapsed().as_secs_f64();
     let rate = d.received as f64 / secs.max(1e-9) / 1e6;

@@ -379,6 +379,10 @@ impl Core {
             return Err(SendError::Closed);
         };
         conn.accepts_output()?;
+        #[cfg(feature = "tls")]
+        if conn.tls.is_some() {
+            return self.tls_send_file(key, &file, offset, len);
+        }
         let (high, low) = conn
             .limits
             .as_ref()
@@ -1039,6 +1043,44 @@ impl Core {
         records.clear();
         self.tls_records = records;
         result
+    }
+
+    /// `send_file` over TLS: sendfile(2) cannot encrypt, so the region is read and sent
+    /// through the session like any bytes (bounded by `max_output` like them). A file that
+    /// ends early closes the connection with an error that says so.
+    fn tls_send_file(
+        &mut self,
+        key: Key,
+        file: &std::fs::File,
+        offset: u64,
+        len: usize,
+    ) -> Result<(), SendError> {
+        use std::os::unix::fs::FileExt;
+        let mut chunk = vec![0u8; len.min(64 * 1024)];
+        let mut done = 0;
+        while done < len {
+            let want = (len - done).min(chunk.len());
+            match file.read_at(&mut chunk[..want], offset + done as u64) {
+                Ok(0) => {
+                    let e = io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("file ended {} bytes before its region did", len - done),
+                    );
+                    self.conn_reset(key, CloseReason::Error(e));
+                    return Err(SendError::Closed);
+                }
+                Ok(n) => {
+                    self.tls_send(key, &chunk[..n])?;
+                    done += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.conn_reset(key, CloseReason::Error(e));
+                    return Err(SendError::Closed);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Sends whatever records the session has ready (handshake, alerts, data released by

@@ -60,9 +60,18 @@ struct Cell {
 }
 
 const CELLS: [Cell; 3] = [
-    Cell { conns: 50, depth: 1 },
-    Cell { conns: 50, depth: 16 },
-    Cell { conns: 1000, depth: 1 },
+    Cell {
+        conns: 50,
+        depth: 1,
+    },
+    Cell {
+        conns: 50,
+        depth: 16,
+    },
+    Cell {
+        conns: 1000,
+        depth: 1,
+    },
 ];
 
 struct Guard(Child);
@@ -119,9 +128,17 @@ fn run(bin_dir: &std::path::Path, s: &Server, cell: Cell, secs: f64) -> Result<(
         .map_err(|e| format!("start loadgen: {e}"))?;
     let mut lg = Guard(out);
     let mut text = String::new();
-    lg.0.stdout.take().unwrap().read_to_string(&mut text).unwrap();
+    lg.0.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
     let status = lg.0.wait().map_err(|e| e.to_string())?;
-    let json = text.lines().rev().find(|l| l.starts_with('{')).unwrap_or("");
+    let json = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or("");
     if !status.success() || json_num(json, "errors").unwrap_or(1.0) > 0.0 {
         return Err(format!("{}: loadgen {status}: {json}", s.label));
     }
@@ -139,7 +156,10 @@ fn main() {
     let mut runs = 3;
     let mut secs = 2.0;
     let mut out = Some(PathBuf::from(CRATE_DIR).join("BENCHMARKS.md"));
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     let smoke = args.is_empty() && !std::env::args().any(|a| a == "--bench");
     let mut it = args.into_iter();
     while let Some(flag) = it.next() {
@@ -147,7 +167,9 @@ fn main() {
             "--runs" => runs = it.next().and_then(|v| v.parse().ok()).expect("--runs N"),
             "--secs" => secs = it.next().and_then(|v| v.parse().ok()).expect("--secs S"),
             "--out" => out = it.next().map(PathBuf::from),
-            _ => panic!("usage: cargo bench --bench multicore -- [--runs N] [--secs S] [--out PATH]"),
+            _ => {
+                panic!("usage: cargo bench --bench multicore -- [--runs N] [--secs S] [--out PATH]")
+            }
         }
     }
     let bin_dir = PathBuf::from(CRATE_DIR).join("target/release/examples");

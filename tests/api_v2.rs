@@ -1699,7 +1699,11 @@ fn a_send_past_the_output_limit_resets_the_peer() {
     c.write_all(b"go").unwrap();
     let mut got = Vec::new();
     let end = c.read_to_end(&mut got);
-    assert!(end.is_err(), "a clean EOF after {} bytes of a cut-off reply", got.len());
+    assert!(
+        end.is_err(),
+        "a clean EOF after {} bytes of a cut-off reply",
+        got.len()
+    );
     let el = server.stop();
     assert_eq!(el.stats().closed.output_limit, 1);
     assert_eq!(el.stats().panics, 0);

@@ -469,6 +469,18 @@ fn the_echo_example_serves_tls_with_a_self_signed_certificate() {
     if !have("python3", "--version") {
         return;
     }
+    // This test binary may have been built alone (`--test tls_clients`): build the example
+    // with TLS too.
+    let mut build = Command::new(env!("CARGO"));
+    build.args(["build", "--quiet", "--features", "tls", "--example", "echo"]);
+    build.current_dir(env!("CARGO_MANIFEST_DIR"));
+    if !cfg!(debug_assertions) {
+        build.arg("--release");
+    }
+    assert!(
+        build.status().unwrap().success(),
+        "cargo build --example echo"
+    );
     let dir = std::env::temp_dir().join(format!("evloop-echo-tls-{}", std::process::id()));
     let echo = start_example(
         "echo",

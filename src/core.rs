@@ -1086,23 +1086,16 @@ impl Core {
     /// Sends whatever records the session has ready (handshake, alerts, data released by
     /// the handshake's end).
     pub(crate) fn tls_flush_records(&mut self, key: Key) {
-        let Some(Kind::Conn(conn)) = live_in(&mut self.slab, key) else {
-            return;
-        };
-        let Some(tls) = conn.tls.as_deref_mut() else {
-            return;
-        };
-        let mut records = std::mem::take(&mut self.tls_records);
-        tls.take_records(&mut records);
-        if !records.is_empty() {
-            let _ = self.write_records(key, &records);
-        }
-        records.clear();
-        self.tls_records = records;
+        self.tls_emit(key, |tls, records| tls.take_records(records));
     }
 
     /// close_notify, once, ahead of the FIN.
     fn tls_close_notify(&mut self, key: Key) {
+        self.tls_emit(key, |tls, records| tls.close_notify(records));
+    }
+
+    /// Lets the session produce records into the reused buffer and sends or queues them.
+    fn tls_emit(&mut self, key: Key, produce: impl FnOnce(&mut crate::tls::Tls, &mut Vec<u8>)) {
         let Some(Kind::Conn(conn)) = live_in(&mut self.slab, key) else {
             return;
         };
@@ -1110,7 +1103,7 @@ impl Core {
             return;
         };
         let mut records = std::mem::take(&mut self.tls_records);
-        tls.close_notify(&mut records);
+        produce(tls, &mut records);
         if !records.is_empty() {
             let _ = self.write_records(key, &records);
         }

@@ -127,7 +127,12 @@ impl Handler for Download {
     }
 }
 
-const USAGE: &str = "usage: file_client [--addr ADDR] PATH [--out FILE] [--timeout SECS]";
+const USAGE: &str =
+    "usage: file_client [--addr ADDR] PATH [--out FILE] [--timeout SECS] [--tls-ca FILE]";
+
+/// The CA certificate (PEM) to trust for a TLS download (`--tls-ca`, feature `tls`); the
+/// server name checked is `localhost`.
+static TLS_CA: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
 fn parse_args() -> (std::net::SocketAddr, String, Option<PathBuf>, Duration) {
     let mut addr = "127.0.0.1:7003".parse().unwrap();
@@ -137,6 +142,10 @@ fn parse_args() -> (std::net::SocketAddr, String, Option<PathBuf>, Duration) {
         match arg.as_str() {
             "--addr" => addr = args.value(&arg),
             "--out" => out = Some(args.value(&arg)),
+            "--tls-ca" if cfg!(feature = "tls") => {
+                let _ = TLS_CA.set(args.value(&arg));
+            }
+            "--tls-ca" => args.fail("TLS needs the `tls` feature (--features tls)"),
             "--timeout" => {
                 let secs: f64 = args.value(&arg);
                 timeout = Duration::try_from_secs_f64(secs)
@@ -185,7 +194,11 @@ fn main() {
     config.idle_timeout = Some(timeout);
     config.connect_timeout = Some(timeout);
     let mut el = EventLoop::with_config(download, config).unwrap_or_else(|e| fail(&e));
-    el.connect(addr, ()).unwrap_or_else(|e| fail(&e));
+    match TLS_CA.get() {
+        None => el.connect(addr, ()).map(drop),
+        Some(ca) => connect_tls(&mut el, addr, ca),
+    }
+    .unwrap_or_else(|e| fail(&e));
     el.run().unwrap_or_else(|e| fail(&e));
     let d = el.handler();
     let outcome = match &d.outcome {
@@ -207,4 +220,25 @@ fn main() {
         d.received,
         out.display()
     );
+}
+
+/// Connects over TLS, trusting `ca` for the name `localhost`.
+#[cfg(feature = "tls")]
+fn connect_tls(
+    el: &mut EventLoop<Download>,
+    addr: std::net::SocketAddr,
+    ca: &Path,
+) -> std::io::Result<()> {
+    let config = evloop::tls::client_config(ca)?;
+    el.context().connect_tls(addr, config, "localhost", ())?;
+    Ok(())
+}
+
+#[cfg(not(feature = "tls"))]
+fn connect_tls(
+    _: &mut EventLoop<Download>,
+    _: std::net::SocketAddr,
+    _: &Path,
+) -> std::io::Result<()> {
+    unreachable!("refused by parse_args without the tls feature")
 }

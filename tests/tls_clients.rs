@@ -508,3 +508,59 @@ fn the_echo_example_serves_tls_with_a_self_signed_certificate() {
     drop(echo);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// file_server `--tls-cert/--tls-key` and file_client `--tls-ca`: a download over TLS
+/// arrives whole.
+#[test]
+fn file_client_downloads_from_file_server_over_tls() {
+    let mut build = Command::new(env!("CARGO"));
+    build.args(["build", "--quiet", "--features", "tls"]);
+    build.args(["--example", "file_server", "--example", "file_client"]);
+    build.current_dir(env!("CARGO_MANIFEST_DIR"));
+    if !cfg!(debug_assertions) {
+        build.arg("--release");
+    }
+    assert!(
+        build.status().unwrap().success(),
+        "cargo build --example file_*"
+    );
+    let dir = std::env::temp_dir().join(format!("evloop-files-tls-{}", std::process::id()));
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    let content = random_bytes(3 << 20, 21);
+    std::fs::write(root.join("data.bin"), &content).unwrap();
+    let server = start_example(
+        "file_server",
+        &[
+            "--addr",
+            "127.0.0.1:0",
+            "--root",
+            root.to_str().unwrap(),
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let out = dir.join("got.bin");
+    let done = run_with_deadline(
+        Command::new(example_path("file_client")).args([
+            "--addr",
+            &server.addr.to_string(),
+            "--tls-ca",
+            cert.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "data.bin",
+        ]),
+        b"",
+    );
+    assert!(done.status.success(), "{}: {}", done.status, done.stderr);
+    assert!(std::fs::read(&out).unwrap() == content, "the file differs");
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -453,7 +453,7 @@ impl Handler for FileServer {
 
 const USAGE: &str = "usage: file_server [--addr ADDR] [--root DIR] [--copy] \
 [--request-timeout SECS] [--max-per-ip N] [--max-conns N] [--shutdown-deadline SECS] \
-[--resolve beneath|walk] [--turn-kib N]";
+[--resolve beneath|walk] [--turn-kib N] [--tls-cert FILE --tls-key FILE]";
 
 struct Options {
     addr: SocketAddr,
@@ -465,6 +465,8 @@ struct Options {
     shutdown_deadline: Duration,
     resolve: Option<Resolve>,
     turn_kib: usize,
+    /// PEM certificate chain and key: serve over TLS (feature `tls`).
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 fn parse_args() -> (Options, common::Args) {
@@ -478,7 +480,9 @@ fn parse_args() -> (Options, common::Args) {
         shutdown_deadline: Duration::from_secs(5),
         resolve: None,
         turn_kib: 64,
+        tls: None,
     };
+    let (mut cert, mut key): (Option<PathBuf>, Option<PathBuf>) = (None, None);
     let mut args = common::Args::new(USAGE);
     let secs = |args: &mut common::Args, flag: &str| {
         let s: f64 = args.value(flag);
@@ -501,9 +505,19 @@ fn parse_args() -> (Options, common::Args) {
             "--shutdown-deadline" => o.shutdown_deadline = secs(&mut args, &arg),
             "--resolve" => o.resolve = Some(args.value(&arg)),
             "--turn-kib" => o.turn_kib = args.value(&arg),
+            "--tls-cert" => cert = Some(args.value(&arg)),
+            "--tls-key" => key = Some(args.value(&arg)),
             _ => args.unexpected(&arg),
         }
     }
+    match (cert, key) {
+        (Some(c), Some(k)) if cfg!(feature = "tls") => o.tls = Some((c, k)),
+        (Some(_), Some(_)) => args.fail("TLS needs the `tls` feature (--features tls)"),
+        (None, None) => {}
+        _ => args.fail("--tls-cert and --tls-key go together"),
+    }
+    // sendfile(2) cannot encrypt: over TLS bodies are read and sent in turns (--copy).
+    o.copy |= o.tls.is_some();
     (o, args)
 }
 
@@ -531,7 +545,10 @@ fn main() -> std::io::Result<()> {
     config.send_file_chunk = o.turn_kib.max(1) * 1024;
     config.refusal_reply = Some(b"ERR too many connections\n".to_vec());
     let mut el = EventLoop::with_config(server, config)?;
-    let listener = el.listen(o.addr)?;
+    let listener = match &o.tls {
+        None => el.listen(o.addr)?,
+        Some((cert, key)) => listen_tls(&mut el, o.addr, cert, key)?,
+    };
     el.handler_mut().listener = Some(listener);
     let addr = el.context().listener_addr(listener)?;
     let body = if o.copy { "copy" } else { "sendfile" };
@@ -543,4 +560,25 @@ fn main() -> std::io::Result<()> {
     el.run()?;
     log::info!("file_server stopped: {:?}", el.stats());
     Ok(())
+}
+
+/// Listens with TLS from PEM files.
+#[cfg(feature = "tls")]
+fn listen_tls(
+    el: &mut EventLoop<FileServer>,
+    addr: SocketAddr,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> std::io::Result<evloop::ListenerId> {
+    el.listen_tls(addr, evloop::tls::server_config(cert, key)?)
+}
+
+#[cfg(not(feature = "tls"))]
+fn listen_tls(
+    _: &mut EventLoop<FileServer>,
+    _: SocketAddr,
+    _: &std::path::Path,
+    _: &std::path::Path,
+) -> std::io::Result<evloop::ListenerId> {
+    unreachable!("refused by parse_args without the tls feature")
 }

@@ -170,21 +170,6 @@ impl Conn {
             && (!self.congested || !pause_when_congested)
     }
 
-    /// The kept input, moved out to be joined with new bytes; `None` if nothing is kept.
-    #[inline]
-    pub(crate) fn take_kept(&mut self) -> Option<Input> {
-        (!self.input.is_empty()).then(|| self.input.take())
-    }
-
-    /// Reading resumed (`replay`): the kept input to present again, if any.
-    #[inline]
-    pub(crate) fn take_replay(&mut self) -> Option<Input> {
-        if !std::mem::take(&mut self.replay) {
-            return None;
-        }
-        self.take_kept()
-    }
-
     /// Why a clean close ends: the peer's EOF came first, or we closed.
     pub(crate) fn clean_reason(&self) -> CloseReason {
         if self.eof {

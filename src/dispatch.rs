@@ -248,10 +248,14 @@ pub(crate) fn read<H: Handler>(core: &mut Core, user: &mut User<H>, buf: &mut [u
         if !conn.wants_read(pause) {
             return;
         }
-        // Reading resumed: what was kept is presented again, even without new bytes.
-        if let Some(input) = conn.take_replay() {
-            present_kept(core, user, key, input, &[]);
-            continue;
+        if conn.replay {
+            // Reading resumed: what was kept is presented again, even without new bytes.
+            conn.replay = false;
+            if !conn.input.is_empty() {
+                let input = conn.input.take();
+                present_kept(core, user, key, input, &[]);
+                continue;
+            }
         }
         match conn.read_step(buf) {
             ReadStep::Data(n, drained) => {
@@ -260,9 +264,12 @@ pub(crate) fn read<H: Handler>(core: &mut Core, user: &mut User<H>, buf: &mut [u
                 }
                 // Kept input is joined with the new bytes; otherwise they are handed over
                 // straight from the read buffer, without a copy.
-                let kept = conn.take_kept();
+                let kept = (!conn.input.is_empty()).then(|| conn.input.take());
                 core.stats.bytes_in += n as u64;
-                hand_over(core, user, key, kept, &buf[..n]);
+                match kept {
+                    Some(input) => present_kept(core, user, key, input, &buf[..n]),
+                    None => deliver(core, user, key, &buf[..n]),
+                }
                 if drained {
                     return;
                 }
@@ -446,9 +453,13 @@ fn tls_deliver<H: Handler>(
         if !conn.wants_read(pause && !handshaking) {
             return false;
         }
-        if let Some(input) = conn.take_replay() {
-            present_kept(core, user, key, input, &[]);
-            continue;
+        if conn.replay {
+            conn.replay = false;
+            if !conn.input.is_empty() {
+                let input = conn.input.take();
+                present_kept(core, user, key, input, &[]);
+                continue;
+            }
         }
         let Some(tls) = conn.tls.as_deref_mut() else {
             return false;
@@ -463,8 +474,11 @@ fn tls_deliver<H: Handler>(
                 return false;
             }
             Ok(m) => {
-                let kept = conn.take_kept();
-                hand_over(core, user, key, kept, &plain[..m]);
+                let kept = (!conn.input.is_empty()).then(|| conn.input.take());
+                match kept {
+                    Some(input) => present_kept(core, user, key, input, &plain[..m]),
+                    None => deliver(core, user, key, &plain[..m]),
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
             Err(e) => {
@@ -472,22 +486,6 @@ fn tls_deliver<H: Handler>(
                 return false;
             }
         }
-    }
-}
-
-/// Hands new bytes to `on_data`: joined to the input kept from before, or straight from
-/// the buffer they were read into (no copy) when nothing was kept.
-#[inline]
-fn hand_over<H: Handler>(
-    core: &mut Core,
-    user: &mut User<H>,
-    key: Key,
-    kept: Option<crate::input::Input>,
-    data: &[u8],
-) {
-    match kept {
-        Some(input) => present_kept(core, user, key, input, data),
-        None => deliver(core, user, key, data),
     }
 }
 
